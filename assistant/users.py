@@ -1,0 +1,44 @@
+"""Users as a protocol: anything with `respond(shown, target, turn) -> str`, from a name or `module:function`."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
+
+from assistant.catalog import Item
+
+
+@runtime_checkable
+class User(Protocol):
+    """Says, in words, how the target differs from the item it was shown."""
+
+    def respond(self, shown: Item, target: Item, turn: int) -> str: ...
+
+
+class FunctionUser:
+    """Wraps a plain function `f(shown: dict, target: dict, turn: int) -> str` as a User."""
+
+    def __init__(self, function: Callable[[dict, dict, int], str], name: str) -> None:
+        self.function = function
+        self.name = name
+
+    def respond(self, shown: Item, target: Item, turn: int) -> str:
+        reply = self.function(shown.as_dict(), target.as_dict(), turn)
+        if not isinstance(reply, str):
+            raise TypeError(f"user function {self.name} returned {type(reply).__name__}, not str")
+        return reply
+
+
+def load_function_user(spec: str) -> FunctionUser:
+    """`package.module:function` -> a User calling that function."""
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"user {spec!r}: expected 'module:function'")
+    try:
+        function = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"user {spec!r}: cannot import it ({error})") from error
+    if not callable(function):
+        raise ValueError(f"user {spec!r}: {attribute} is not callable")
+    return FunctionUser(function, spec)

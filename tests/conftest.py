@@ -1,0 +1,40 @@
+"""Shared test fixtures: offline environment, the real Fashion Product Images catalog, a small demo catalog."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parent.parent
+FPI_ROOT = Path(os.environ.get("FASHION_ASSISTANT_FPI", REPO.parent / "shared/data/fashion-product-images-small"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests never read or write the user's own cache."""
+    os.environ["FASHION_ASSISTANT_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="session")
+def fpi_root() -> Path:
+    """The real catalog beside the repo (../shared/data/fashion-product-images-small, or $FASHION_ASSISTANT_FPI)."""
+    if not (FPI_ROOT / "styles.csv").exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"the real catalog is missing at {FPI_ROOT}; CI must have ../shared beside the clone")
+        pytest.skip("the real Fashion Product Images catalog is not beside the repo")
+    return FPI_ROOT
+
+
+@pytest.fixture(scope="session")
+def real_catalog(fpi_root: Path):
+    """The whole real catalog, loaded once per test session."""
+    from assistant.catalog import load_catalog
+
+    return load_catalog(fpi_root)
