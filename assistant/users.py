@@ -6,7 +6,7 @@ import importlib
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
-from assistant.catalog import Item
+from assistant.catalog import Catalog, Item
 
 
 @runtime_checkable
@@ -42,3 +42,22 @@ def load_function_user(spec: str) -> FunctionUser:
     if not callable(function):
         raise ValueError(f"user {spec!r}: {attribute} is not callable")
     return FunctionUser(function, spec)
+
+
+USER_NAMES = ("template", "simulator")
+
+
+def resolve_user(spec: str, catalog: Catalog | None = None, seed: int = 0) -> User:
+    """A User from its spec: `template` (the template shopper), `simulator` (the trained captioner,
+    loaded from a model dir), or `package.module:function`."""
+    spec = spec.strip()
+    if spec == "template":
+        from simulator.template_user import TemplateUser
+
+        return TemplateUser(catalog, seed=seed)
+    if spec == "simulator":
+        # Resolved with a model dir by the simulator's loader (simulator/user.py: load_simulator_user).
+        raise ValueError("the simulator user needs a model dir")
+    if ":" in spec:
+        return load_function_user(spec)
+    raise ValueError(f"unknown user {spec!r}: expected one of {', '.join(USER_NAMES)} or 'package.module:function'")
