@@ -461,9 +461,9 @@ def detect_format(path: Path) -> str:
 def load_catalog(source: str | os.PathLike, format: str | None = None) -> Catalog:
     """Load a catalog from a folder or file (format detected, or named), or `demo` for the embedded one."""
     if str(source) == "demo" or str(source).startswith("demo:"):
-        from assistant.demo_catalog import ensure_demo_catalog
+        from assistant.demo_catalog import demo_options, ensure_demo_catalog
 
-        return load_generic(ensure_demo_catalog())
+        return load_generic(ensure_demo_catalog(**demo_options(str(source))))
     path = Path(source).expanduser()
     if not path.exists():
         raise CatalogError(f"{path}: no such file or folder (or pass 'demo' for the embedded catalog)")
