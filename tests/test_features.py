@@ -1,0 +1,131 @@
+"""The feature cache: shapes and norms, loading instead of recomputing, damaged files and killed builds, bad images."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from assistant.backbone import Backbone, BackboneConfig, create_backbone, item_text
+from assistant.catalog import Catalog, Item, load_generic
+from assistant.features import FeatureCacheError, ItemFeatures, compute_features, features_path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def backbone() -> Backbone:
+    return create_backbone(BackboneConfig(fuse_text=0.25))
+
+
+@pytest.fixture(scope="module")
+def catalog(real_catalog: Catalog) -> Catalog:
+    return real_catalog.subset(real_catalog.ids[:300], name="first300")
+
+
+def test_features_are_normalised_rows_in_catalog_order(backbone: Backbone, catalog: Catalog) -> None:
+    features = compute_features(backbone, catalog, batch_size=128, progress=False)
+    assert features.ids == catalog.ids and len(features) == 300 and features.dim == 256 and not features.failed
+    for vectors in (features.image, features.text, features.item):
+        assert vectors.shape == (300, 256) and vectors.dtype == np.float32
+        np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    item = catalog.items[123]
+    row = features.row(item.id)
+    assert row == 123
+    np.testing.assert_allclose(features.image[row], backbone.encode_images([catalog.open_image(item)])[0], atol=1e-5)
+    np.testing.assert_allclose(features.text[row], backbone.encode_texts([item_text(item)])[0], atol=1e-5)
+    np.testing.assert_allclose(features.item, backbone.fuse(features.image, features.text), atol=1e-6)
+    with pytest.raises(KeyError, match="no features for item 'nope'"):
+        features.row("nope")
+
+
+def test_second_call_loads_the_cache(backbone: Backbone, catalog: Catalog) -> None:
+    first = compute_features(backbone, catalog, progress=False)
+    path = features_path(backbone, catalog)
+    assert path.name == f"{backbone.id}-{catalog.fingerprint}.safetensors"
+    modified = path.stat().st_mtime_ns
+    second = compute_features(backbone, catalog, progress=False)
+    assert path.stat().st_mtime_ns == modified
+    np.testing.assert_array_equal(second.item, first.item)
+    other = compute_features(backbone, catalog.subset(catalog.ids[:20]), progress=False)  # another key
+    assert len(other) == 20 and path.stat().st_mtime_ns == modified
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "flip_a_byte"])
+def test_damaged_cache_file_is_rebuilt(backbone: Backbone, catalog: Catalog, damage: str) -> None:
+    small = catalog.subset(catalog.ids[:40], name=f"forty-{damage}")
+    good = compute_features(backbone, small, progress=False)
+    path = features_path(backbone, small)
+    data = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(data[: len(data) - 1000])
+    elif damage == "garbage":
+        path.write_bytes(os.urandom(len(data)))
+    else:  # a valid header with one changed vector byte: only the checksum can tell
+        path.write_bytes(data[:-7] + bytes([data[-7] ^ 0xFF]) + data[-6:])
+    with pytest.raises(FeatureCacheError):
+        ItemFeatures.load(path)
+    rebuilt = compute_features(backbone, small, progress=False)
+    np.testing.assert_allclose(rebuilt.item, good.item, atol=1e-6)
+    np.testing.assert_array_equal(ItemFeatures.load(path).item, rebuilt.item)
+
+
+def test_unreadable_image_gets_a_zero_vector_and_is_reported(backbone: Backbone, catalog: Catalog,
+                                                             tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 definitely not a jpeg \xff\xd9")
+    items = list(catalog.items[:5])
+    bad = Item("bad-1", broken, "Broken Red Shirt", "Shirts", {"baseColour": "Red"})
+    missing = Item("gone-2", tmp_path / "gone.jpg", "Missing Blue Jeans", "Jeans", {"baseColour": "Blue"})
+    shop = Catalog([*items[:2], bad, *items[2:], missing], name="with-broken-images")
+    features = compute_features(backbone, shop, batch_size=4, progress=False)
+    assert set(features.failed) == {"bad-1", "gone-2"}
+    assert "cannot read image broken.jpg" in features.failed["bad-1"] and "bad-1" in caplog.text
+    for item_id in ("bad-1", "gone-2"):
+        row = features.row(item_id)
+        assert not features.image[row].any()
+        np.testing.assert_allclose(np.linalg.norm(features.text[row]), 1.0, atol=1e-5)
+        np.testing.assert_allclose(features.item[row], features.text[row], atol=1e-5)  # only its text is left
+    assert np.allclose(np.linalg.norm(features.image[[0, 1, 3, 4, 5]], axis=1), 1.0, atol=1e-5)
+
+
+BUILD_SCRIPT = """
+import sys
+from assistant.backbone import BackboneConfig, create_backbone
+from assistant.catalog import load_generic
+from assistant.features import compute_features
+print("building", flush=True)
+compute_features(create_backbone(BackboneConfig(fuse_text=0.25)), load_generic(sys.argv[1]), batch_size=32)
+"""
+
+
+def test_killed_build_leaves_nothing_half_written(backbone: Backbone, real_catalog: Catalog, tmp_path: Path) -> None:
+    lines = [json.dumps({"id": item.id, "image": os.path.relpath(item.image_path, tmp_path), "title": item.title,
+                         "category": item.category, "attributes": item.attributes})
+             for item in real_catalog.items[:1000]]
+    catalog_file = tmp_path / "catalog.jsonl"
+    catalog_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    catalog = load_generic(catalog_file)
+    path = features_path(backbone, catalog)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen([sys.executable, "-c", BUILD_SCRIPT, str(catalog_file)], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "building", process.stderr.read()[-2000:]
+    deadline = time.time() + 60
+    progress = ""
+    while "image features:" not in progress and time.time() < deadline:  # killed midway through the images
+        progress += process.stderr.read(1)
+    time.sleep(0.3)
+    assert process.poll() is None
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    assert not path.exists()
+    features = compute_features(backbone, catalog, progress=False)
+    assert len(features) == 1000 and ItemFeatures.load(path).ids == catalog.ids
