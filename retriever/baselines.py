@@ -1,0 +1,150 @@
+"""Baseline rankers run through the same dialog loop: random, keyword (BM25), attribute filter, single-turn."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import sparse
+from sklearn.feature_extraction.text import CountVectorizer
+
+from assistant.catalog import Catalog
+from assistant.dialog import DialogState, ScoreRanker, ShownImage
+from simulator.attribute_parser import STOP_WORDS, AttributeParser, ParsedFeedback, singular, tokenize
+
+TIE_BREAK = 1e-6  # a fixed, tiny per-item offset so equal scores rank in a seeded random order
+
+
+def _tie_break(size: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).random(size) * TIE_BREAK
+
+
+def search_terms(text: str) -> list[str]:
+    """Content words as a search box indexes them: lowercase, singular, no stop words."""
+    return [singular(t) for t in tokenize(text) if t.isalnum() and t not in STOP_WORDS]
+
+
+class RandomRanker(ScoreRanker):
+    """Ranks the catalog at random (a fresh seeded draw per call)."""
+
+    def __init__(self, size: int, seed: int = 0) -> None:
+        self.size = size
+        self.rng = np.random.default_rng(seed)
+
+    def scores(self, states: Sequence[DialogState]) -> np.ndarray:
+        return self.rng.random((len(states), self.size))
+
+
+class FeedbackReader:
+    """What a dialog's feedback says so far, read with an AttributeParser (later turns override earlier)."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.parser = AttributeParser(catalog.vocabulary())
+        self._cache: dict[str, ParsedFeedback] = {}
+
+    def parse(self, text: str) -> ParsedFeedback:
+        if text not in self._cache:
+            self._cache[text] = self.parser.parse(text)
+        return self._cache[text]
+
+    def constraints(self, state: DialogState) -> tuple[dict[str, str], dict[str, set[str]]]:
+        """(asserted value per attribute, negated values per attribute) over the whole dialog."""
+        asserted: dict[str, str] = {}
+        negated: dict[str, set[str]] = {}
+        for turn in state.turns:
+            parsed = self.parse(turn.feedback)
+            for name, values in parsed.negated.items():
+                negated.setdefault(name, set()).update(values)
+                if asserted.get(name) in values:
+                    del asserted[name]
+            for name, value in parsed.asserted.items():
+                asserted[name] = value
+                negated.get(name, set()).discard(value)
+        return asserted, negated
+
+
+class KeywordRanker(ScoreRanker):
+    """A shop's search box: BM25 over each item's title and attribute values, queried with every feedback word
+    so far (asserted attribute values in the catalog's own words), leaving out words of negated values."""
+
+    def __init__(self, catalog: Catalog, k1: float = 1.2, b: float = 0.75, seed: int = 0) -> None:
+        self.reader = FeedbackReader(catalog)
+        documents = [" ".join([item.title, *item.attributes.values()]) for item in catalog]
+        self.vectorizer = CountVectorizer(analyzer=search_terms)
+        counts = self.vectorizer.fit_transform(documents).tocsr().astype(np.float64)
+        lengths = np.asarray(counts.sum(1)).ravel()
+        document_frequency = np.bincount(counts.indices, minlength=counts.shape[1])
+        idf = np.log1p((len(documents) - document_frequency + 0.5) / (document_frequency + 0.5))
+        norm = k1 * (1 - b + b * lengths / lengths.mean())
+        weights = counts.copy()
+        weights.data = counts.data * (k1 + 1) / (counts.data + np.repeat(norm, np.diff(counts.indptr)))
+        self.weights = (weights @ sparse.diags(idf)).tocsc()  # (items, terms)
+        self.tie_break = _tie_break(len(catalog), seed)
+
+    def query_terms(self, state: DialogState) -> list[str]:
+        asserted, negated = self.reader.constraints(state)
+        ruled_out = {term for values in negated.values() for value in values for term in search_terms(value)}
+        terms = [t for turn in state.turns for t in search_terms(" ".join(self.reader.parse(turn.feedback).words))]
+        terms += [t for value in asserted.values() for t in search_terms(value)]
+        return [t for t in dict.fromkeys(terms) if t not in ruled_out]
+
+    def scores(self, states: Sequence[DialogState]) -> np.ndarray:
+        queries = self.vectorizer.transform([" ".join(self.query_terms(s)) for s in states])
+        queries.data[:] = 1.0
+        return np.asarray((self.weights @ queries.T).T.todense()) + self.tie_break
+
+
+class AttributeFilterRanker(ScoreRanker):
+    """Faceted search: items matching the attribute values asked for so far (and none ruled out) first,
+    each group ordered by the backbone's text-image similarity to the feedback."""
+
+    def __init__(self, catalog: Catalog, image_vectors: np.ndarray, backbone, seed: int = 0) -> None:
+        self.reader = FeedbackReader(catalog)
+        self.backbone = backbone
+        self.image_vectors = np.asarray(image_vectors, dtype=np.float32)
+        self.names = catalog.attribute_names()
+        self.values = [[item.attributes.get(name) for item in catalog] for name in self.names]
+        self.tie_break = _tie_break(len(catalog), seed)
+        self._text_cache: dict[str, np.ndarray] = {}
+
+    def _text_vectors(self, texts: list[str]) -> np.ndarray:
+        missing = list(dict.fromkeys(t for t in texts if t not in self._text_cache))
+        if missing:
+            self._text_cache.update(zip(missing, self.backbone.encode_texts(missing), strict=True))
+        return np.stack([self._text_cache[t] for t in texts])
+
+    def scores(self, states: Sequence[DialogState]) -> np.ndarray:
+        texts = [" ".join(turn.feedback for turn in state.turns) or "item" for state in states]
+        similarity = self._text_vectors(texts) @ self.image_vectors.T
+        mismatches = np.zeros_like(similarity)
+        for b, state in enumerate(states):
+            asserted, negated = self.reader.constraints(state)
+            for name, item_values in zip(self.names, self.values, strict=True):
+                if name in asserted or name in negated:
+                    wanted, unwanted = asserted.get(name), negated.get(name, set())
+                    mismatches[b] += np.fromiter(
+                        ((wanted is not None and v != wanted) or v in unwanted for v in item_values), dtype=bool)
+        return similarity - 10.0 * mismatches + self.tie_break
+
+
+class SingleTurnRanker(ScoreRanker):
+    """The composed query with no history (the CFQ paper's VA): the last shown item's image vector plus the last
+    feedback's text vector, compared with the items' image vectors."""
+
+    def __init__(self, image_vectors: np.ndarray, backbone, seed: int = 0) -> None:
+        self.backbone = backbone
+        self.image_vectors = np.asarray(image_vectors, dtype=np.float32)
+        self.tie_break = _tie_break(len(self.image_vectors), seed)
+        self._text_cache: dict[str, np.ndarray] = {}
+
+    def scores(self, states: Sequence[DialogState]) -> np.ndarray:
+        texts = [state.turns[-1].feedback or "item" for state in states]
+        missing = list(dict.fromkeys(t for t in texts if t not in self._text_cache))
+        if missing:
+            self._text_cache.update(zip(missing, self.backbone.encode_texts(missing), strict=True))
+        queries = np.stack([self._text_cache[t] for t in texts])
+        for b, state in enumerate(states):
+            shown = state.turns[-1].shown
+            if shown is not None:
+                queries[b] = queries[b] + (shown.image if isinstance(shown, ShownImage) else self.image_vectors[shown])
+        return queries @ self.image_vectors.T + self.tie_break

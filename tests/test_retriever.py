@@ -1,0 +1,221 @@
+"""The dialog retriever: history layout, turn causality, files, learning from simulated dialogs, DDP and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from assistant.backbone import BackboneConfig, create_backbone
+from assistant.catalog import Catalog, load_catalog
+from assistant.dialog import DialogState, ShownImage, Turn, run_dialogs
+from assistant.features import ItemFeatures, compute_features
+from retriever.baselines import RandomRanker, SingleTurnRanker
+from retriever.evaluate import evaluate
+from retriever.model import (
+    ATTRIBUTE,
+    IMAGE,
+    NO_ITEM,
+    TEXT,
+    DialogRetriever,
+    RetrieverRanker,
+    features_for,
+)
+from retriever.text import FeedbackTextEncoder
+from retriever.train import RETRIEVER_FILE, TRAIN_LOG_FILE, RetrieverConfig, train_retriever
+from simulator.template_user import TemplateUser
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = {"width": 32, "layers": 1, "heads": 2, "feedforward": 64, "dropout": 0.0, "text_mode": "static",
+        "turns": 3, "dialogs_per_epoch": 64, "batch_size": 32, "random_negatives": 64, "hard_negatives": 4,
+        "random_shown_epochs": 0, "warmup_steps": 2, "progress": False}
+WORKER = """
+import json, sys
+from assistant.catalog import load_catalog
+from assistant.features import ItemFeatures
+from retriever.train import RetrieverConfig, train_retriever
+from simulator.template_user import TemplateUser
+catalog = load_catalog("demo:300")
+config = RetrieverConfig(**json.loads(sys.argv[2]))
+train_retriever(catalog, ItemFeatures.load(sys.argv[1]), TemplateUser(catalog, seed=1), config, sys.argv[3])
+"""
+
+
+@pytest.fixture(scope="module")
+def demo() -> Catalog:
+    return load_catalog("demo:300")
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return create_backbone(BackboneConfig())
+
+
+@pytest.fixture(scope="module")
+def features(demo: Catalog, backbone) -> ItemFeatures:
+    return compute_features(backbone, demo, progress=False)
+
+
+@pytest.fixture(scope="module")
+def retriever(demo: Catalog, features: ItemFeatures) -> DialogRetriever:
+    torch.manual_seed(0)
+    return DialogRetriever.create(demo, features.dim, width=32, layers=2, heads=2, feedforward=64,
+                                  text_mode="contextual")
+
+
+def test_history_layout_per_turn(retriever: DialogRetriever, demo: Catalog, features: ItemFeatures) -> None:
+    items = retriever.item_inputs(demo, features)
+    photo = ShownImage(features.image[5], {"colour": "red"})
+    state = DialogState([Turn(None, "a red dress"), Turn(4, "in blue"), Turn(photo, "")])
+    batch = retriever.history_batch([state], items)
+    kinds = batch.kind[0].tolist()
+    names = len(retriever.vocabulary.names)
+    pieces = [len(p) for p in retriever.text.pieces(["a red dress", "in blue"])]
+    assert kinds[:2 + pieces[0]] == [0, NO_ITEM] + [TEXT] * pieces[0]
+    second = kinds[2 + pieces[0]:]
+    assert second[:2 + names + pieces[1]] == [0, IMAGE] + [ATTRIBUTE] * names + [TEXT] * pieces[1]
+    assert second[2 + names + pieces[1]:] == [0, IMAGE] + [ATTRIBUTE] * names  # a photo with no words
+    assert batch.turns.tolist() == [3]
+    at = kinds.index(IMAGE)
+    assert torch.equal(batch.images[batch.image_index[0, at]], items.image[4])
+    plain = retriever.history_batch([state], items, use_attributes=False)
+    assert ATTRIBUTE not in plain.kind[0].tolist()
+
+
+def test_a_turn_query_does_not_see_later_turns(retriever: DialogRetriever, demo: Catalog,
+                                               features: ItemFeatures) -> None:
+    items = retriever.item_inputs(demo, features)
+    one = DialogState([Turn(3, "a longer one in black")])
+    two = DialogState([Turn(3, "a longer one in black"), Turn(9, "with stripes")])
+    batch = retriever.history_batch([two, one], items)
+    retriever.network.eval()
+    with torch.no_grad():
+        queries = retriever.network.encode_history(batch)
+    assert torch.allclose(queries[0, 0], queries[1, 0], atol=1e-5)
+    assert not torch.allclose(queries[0, 1], queries[0, 0], atol=1e-3)
+    assert np.allclose(retriever.query_vectors([one], items)[0], queries[0, 0].numpy(), atol=1e-5)
+
+
+def test_contextual_text_reads_negation() -> None:
+    encoder = FeedbackTextEncoder("contextual")
+    red, not_red = encoder.encode(["red", "not red"])
+    assert red.pieces.tolist() == not_red.pieces[-1:].tolist()
+    assert not np.allclose(red.context[0], not_red.context[-1], atol=0.05)
+    assert encoder.encode(["red"])[0] is red  # cached
+
+
+def test_save_and_load_give_the_same_vectors(retriever: DialogRetriever, demo: Catalog, features: ItemFeatures,
+                                             tmp_path: Path) -> None:
+    items = retriever.item_inputs(demo, features)
+    path = retriever.save(tmp_path / RETRIEVER_FILE)
+    loaded = DialogRetriever.load(path)
+    state = DialogState([Turn(7, "make it green")])
+    assert np.allclose(loaded.item_vectors(items), retriever.item_vectors(items), atol=1e-6)
+    assert np.allclose(loaded.query_vectors([state], items), retriever.query_vectors([state], items), atol=1e-6)
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="not a readable retriever file"):
+        DialogRetriever.load(path)
+    with pytest.raises(ValueError, match="no trained retriever"):
+        DialogRetriever.load(tmp_path / "missing.safetensors")
+
+
+def test_trained_retriever_closes_in_over_the_turns(tmp_path: Path, backbone) -> None:
+    catalog = load_catalog("demo:800")
+    features = compute_features(backbone, catalog, progress=False)
+    train, test = catalog.split("train"), catalog.split("test")
+    config = RetrieverConfig(width=48, layers=1, heads=2, feedforward=96, text_mode="static", turns=4, epochs=4,
+                             dialogs_per_epoch=512, batch_size=32, learning_rate=3e-3, warmup_steps=10,
+                             random_negatives=128, hard_negatives=4, progress=False)
+    retriever = train_retriever(train, features_for(features, train), TemplateUser(train, seed=1), config,
+                                tmp_path)
+    log = json.loads((tmp_path / TRAIN_LOG_FILE).read_text())
+    assert log[-1]["loss"] < log[0]["loss"] - 1.0
+    test_features = features_for(features, test)
+    systems = {"model": RetrieverRanker(retriever, retriever.item_inputs(test, test_features)),
+               "random": RandomRanker(len(test)), "single_turn": SingleTurnRanker(test_features.image, backbone)}
+    result = evaluate(systems, test, TemplateUser(test, seed=2), turns=4, targets=len(test), seed=0)
+    model = result["systems"]["model"]
+    assert model["recall@10"][-1] > model["recall@10"][0] + 0.08
+    assert model["rank_percentile"][-1] > model["rank_percentile"][0] + 5
+    for baseline in ("random", "single_turn"):
+        assert model["success@10"][-1] > result["systems"][baseline]["success@10"][-1] + 0.15
+        assert model["recall@10"][-1] > result["systems"][baseline]["recall@10"][-1] + 0.2
+        assert model["rank_percentile"][-1] > result["systems"][baseline]["rank_percentile"][-1] + 15
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _worker(tmp_path: Path, features: ItemFeatures, config: dict, out: Path, processes: int) -> subprocess.Popen:
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    feature_file = tmp_path / "features.safetensors"
+    if not feature_file.exists():
+        features.save(feature_file)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, str(script), str(feature_file), json.dumps(config), str(out)]
+    if processes > 1:
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+                   "--master_addr", "127.0.0.1", "--master_port", str(_free_port())] + command[1:]
+    return subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def _losses(out: Path) -> list[float]:
+    return [loss for epoch in json.loads((out / TRAIN_LOG_FILE).read_text()) for loss in epoch["losses"]]
+
+
+def test_two_processes_follow_the_one_process_loss(tmp_path: Path, features: ItemFeatures) -> None:
+    config = {**TINY, "epochs": 2, "threads": 1}
+    runs = {n: _worker(tmp_path, features, config, tmp_path / f"world{n}", n) for n in (1, 2)}
+    for run in runs.values():
+        output = run.communicate(timeout=300)[0].decode()
+        assert run.returncode == 0, output[-3000:]
+    one, two = _losses(tmp_path / "world1"), _losses(tmp_path / "world2")
+    assert len(one) == len(two) == 4
+    assert np.allclose(one, two, rtol=2e-3), (one, two)
+
+
+def test_a_killed_run_resumes_where_it_stopped(tmp_path: Path, demo: Catalog, features: ItemFeatures) -> None:
+    config = {**TINY, "epochs": 3, "threads": 1, "dialogs_per_epoch": 96}
+    killed = tmp_path / "killed"
+    run = _worker(tmp_path, features, config, killed, 1)
+    deadline = time.time() + 240
+    while not (killed / TRAIN_LOG_FILE).exists() and run.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait()
+    epochs_done = len(json.loads((killed / TRAIN_LOG_FILE).read_text()))
+    assert epochs_done < 3 and not (killed / RETRIEVER_FILE).exists()
+    resumed = train_retriever(demo, features, TemplateUser(demo, seed=1), RetrieverConfig(**config), killed)
+    assert (killed / RETRIEVER_FILE).exists()
+    whole = tmp_path / "whole"
+    straight = train_retriever(demo, features, TemplateUser(demo, seed=1), RetrieverConfig(**config), whole)
+    assert np.allclose(_losses(killed), _losses(whole), rtol=1e-4)
+    items = straight.item_inputs(demo, features)
+    assert np.allclose(resumed.item_vectors(items), straight.item_vectors(items), atol=1e-4)
+
+
+def test_rollouts_use_the_retrievers_top_item(demo: Catalog, features: ItemFeatures,
+                                              retriever: DialogRetriever) -> None:
+    items = retriever.item_inputs(demo, features)
+    ranker = RetrieverRanker(retriever, items)
+    run = run_dialogs(ranker, demo, [10, 20], TemplateUser(demo, seed=1), turns=3, start_rows=[1, 2],
+                      track_ranks=False)
+    for state in run.states:
+        for before, after in zip(state.turns, state.turns[1:], strict=False):
+            expected = ranker.rank([DialogState(state.turns[: state.turns.index(before) + 1])], 1,
+                                   [{t.shown for t in state.turns[: state.turns.index(before) + 1]}])[0, 0]
+            assert after.shown == expected == before.results[0]
