@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from assistant.catalog import CatalogError, load_catalog
+from assistant.config import STAGES
+from assistant.storage import cache_dir
+
+DEMO_MODEL_VERSION = "v1"
 
 
 def _print_catalog_summary(summary: dict) -> None:
@@ -40,10 +47,105 @@ def cmd_catalog(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    catalog = load_catalog(f"demo:{args.items}" if args.items else "demo")
-    _print_catalog_summary(catalog.summary())
+def cmd_train(args: argparse.Namespace) -> int:
+    from assistant.pipeline import train
+
+    stages = STAGES[: STAGES.index(args.stage) + 1] if args.stage else STAGES
+    manifest = train(args.catalog, args.config, args.out, resume=args.resume, stages=stages)
+    for stage, info in manifest["stages"].items():
+        print(f"{stage:>10}: {info.get('seconds', 0):8.1f} s  " + json.dumps(
+            {k: v for k, v in info.items() if k not in ("done", "seconds")}, ensure_ascii=False)[:200])
+    print(f"model directory: {args.out}")
     return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from assistant.api import Assistant
+
+    start = time.perf_counter()
+    assistant = Assistant.load(args.model, args.catalog)
+    print(f"{len(assistant.catalog)} items: features and {assistant.index.kind} index ready in "
+          f"{time.perf_counter() - start:.1f} s (cached under {cache_dir()})")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from assistant.api import Assistant
+    from retriever.evaluate import plot, save_result
+
+    assistant = Assistant.load(args.model, args.catalog)
+    result = assistant.evaluate(args.user, turns=args.turns, targets=args.targets, seed=args.seed)
+    for name, metrics in result["systems"].items():
+        print(f"{name:>16}: recall@10 " + " ".join(f"{v:.3f}" for v in metrics["recall@10"])
+              + "  success@10 " + " ".join(f"{v:.3f}" for v in metrics["success@10"]))
+    if args.json:
+        save_result(result, args.json)
+    if args.plot:
+        plot(result, args.plot)
+    return 0
+
+
+def cmd_evaluate_simulator(args: argparse.Namespace) -> int:
+    from assistant.backbone import BACKBONE_FILE, Backbone
+    from assistant.features import compute_features
+    from simulator.captioner import SimulatorModel
+    from simulator.metrics import evaluate_simulator
+
+    catalog = load_catalog(args.catalog)
+    features = compute_features(Backbone.load(Path(args.model) / BACKBONE_FILE), catalog)
+    result = evaluate_simulator(SimulatorModel.load(args.model), catalog, features, pairs=args.pairs, seed=args.seed)
+    summary = {k: v for k, v in result.items() if k != "examples"}
+    print(json.dumps(summary, indent=2))
+    if args.json:
+        from assistant.storage import atomic_write_text
+
+        atomic_write_text(Path(args.json), json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from assistant.api import Assistant
+    from assistant.chat import chat
+
+    chat(Assistant.load(args.model, args.catalog), data_dir=args.data)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from app import serve
+
+    serve(args.model, args.catalog, host=args.host, port=args.port, data_dir=args.data)
+    return 0
+
+
+def cmd_export_dialogs(args: argparse.Namespace) -> int:
+    from assistant.dialog_log import export_dialogs
+
+    data = args.data or cache_dir() / "dialogs"
+    counts = export_dialogs(data, args.out)
+    print(f"{args.out}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    return 0
+
+
+def demo_model_dir(catalog_source: str) -> Path:
+    return cache_dir() / "models" / f"demo-{DEMO_MODEL_VERSION}-{catalog_source.replace(':', '-')}"
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Train the demo model on first use (a few minutes, with progress), then serve the app."""
+    from assistant.pipeline import train
+
+    source = f"demo:{args.items}" if args.items else "demo"
+    model_dir = demo_model_dir(source)
+    if not (model_dir / "stages.json").exists() or "metrics" not in json.loads(
+            (model_dir / "stages.json").read_text(encoding="utf-8"))["stages"]:
+        print(f"First run: training the demo model into {model_dir} (a few minutes on 2 cores) ...", flush=True)
+        train(source, "demo", model_dir, resume=True)
+    if args.no_serve:
+        print(f"demo model ready in {model_dir}")
+        return 0
+    return cmd_serve(argparse.Namespace(model=model_dir, catalog=source, host=args.host, port=args.port,
+                                        data=args.data))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,17 +159,76 @@ def build_parser() -> argparse.ArgumentParser:
     catalog.add_argument("--json", action="store_true", help="print the summary as JSON")
     catalog.set_defaults(run=cmd_catalog)
 
-    demo = commands.add_parser("demo", help="the embedded demo: generate its catalog on first use and start")
+    train = commands.add_parser("train", help="train every stage into a model directory (or up to STAGE)")
+    train.add_argument("stage", nargs="?", choices=STAGES, help="stop after this stage (default: all)")
+    train.add_argument("--catalog", help="catalog folder/file or 'demo' (default: the config's catalog.source)")
+    train.add_argument("--config", default="demo", help="configs/<name>.yaml or a YAML path (default demo)")
+    train.add_argument("--out", required=True, type=Path, help="the model directory to write")
+    train.add_argument("--resume", action="store_true", help="continue a killed run: finished stages are skipped")
+    train.set_defaults(run=cmd_train)
+
+    index = commands.add_parser("index", help="build (and cache) a catalog's features and index with a model")
+    _model_and_catalog(index)
+    index.set_defaults(run=cmd_index)
+
+    evaluate = commands.add_parser("evaluate", help="per-turn recall/success of the model and the baselines")
+    _model_and_catalog(evaluate)
+    evaluate.add_argument("--user", default="template", help="template | simulator | package.module:function")
+    evaluate.add_argument("--turns", type=int, default=5)
+    evaluate.add_argument("--targets", type=int, default=1000)
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--json", type=Path, help="write the result here")
+    evaluate.add_argument("--plot", type=Path, help="write a PNG of recall@10 and success@10 per turn here")
+    evaluate.set_defaults(run=cmd_evaluate)
+
+    simulator = commands.add_parser("evaluate-simulator", help="caption quality and faithfulness of the simulator")
+    _model_and_catalog(simulator)
+    simulator.add_argument("--pairs", type=int, default=1000)
+    simulator.add_argument("--seed", type=int, default=0)
+    simulator.add_argument("--json", type=Path)
+    simulator.set_defaults(run=cmd_evaluate_simulator)
+
+    chat = commands.add_parser("chat", help="shop in the terminal: text refines, a number picks the reference")
+    _model_and_catalog(chat)
+    chat.add_argument("--data", type=Path, help="folder for the dialog log")
+    chat.set_defaults(run=cmd_chat)
+
+    serve = commands.add_parser("serve", help="serve the Gradio app for a model and catalog")
+    _model_and_catalog(serve)
+    _server_options(serve)
+    serve.set_defaults(run=cmd_serve)
+
+    export = commands.add_parser("export-dialogs", help="write logged dialogs as training pairs (JSONL)")
+    export.add_argument("--data", type=Path, help="the dialog log's folder (default: the cache's dialogs/)")
+    export.add_argument("--out", required=True, type=Path)
+    export.set_defaults(run=cmd_export_dialogs)
+
+    demo = commands.add_parser("demo", help="the embedded demo: train on first use, then serve the app")
     demo.add_argument("--items", type=int, default=0, help="demo catalog size (default 2000)")
+    demo.add_argument("--no-serve", action="store_true", help="only make sure the demo model is trained")
+    _server_options(demo)
     demo.set_defaults(run=cmd_demo)
     return parser
 
 
+def _model_and_catalog(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, type=Path, help="a trained model directory")
+    parser.add_argument("--catalog", default="demo", help="catalog folder/file or 'demo' (default demo)")
+
+
+def _server_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--data", type=Path, help="folder for the dialog log (default: the cache's dialogs/)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("faiss").setLevel(logging.WARNING)
     try:
         return args.run(args)
-    except (CatalogError, FileNotFoundError, ValueError) as error:
+    except (CatalogError, FileNotFoundError, FileExistsError, ValueError) as error:
         print(f"fashion-assistant {args.command}: {error}", file=sys.stderr)
         return 2
 

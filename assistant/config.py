@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+STAGES = ("backbone", "features", "attributes", "simulator", "retriever", "metrics")  # the order `train` runs
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 T = TypeVar("T")
 

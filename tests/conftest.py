@@ -38,3 +38,25 @@ def real_catalog(fpi_root: Path):
     from assistant.catalog import load_catalog
 
     return load_catalog(fpi_root)
+
+
+TINY_CONFIG = REPO / "tests" / "tiny.yaml"
+
+
+@pytest.fixture(scope="session")
+def demo_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model trained once per test session with the tiny config on 300 demo items (all stages but metrics)."""
+    from assistant.config import STAGES
+    from assistant.pipeline import train
+
+    out = tmp_path_factory.mktemp("demo-model")
+    train("demo:300", TINY_CONFIG, out, stages=STAGES[:-1], progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def demo_assistant(demo_model_dir: Path):
+    """The tiny demo model over its 300-item demo catalog, through the public API."""
+    from assistant.api import Assistant
+
+    return Assistant.load(demo_model_dir, "demo:300", progress=False)

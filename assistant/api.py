@@ -1,0 +1,132 @@
+"""The public API: `Assistant.load(model_dir, catalog)`, then `assistant.dialog()` with `start` and `reply`."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+from assistant.attributes import AttributePredictor
+from assistant.backbone import BACKBONE_FILE, Backbone
+from assistant.catalog import Catalog, load_catalog
+from assistant.dialog import Dialog, RankingContext
+from assistant.features import ItemFeatures, compute_features
+from assistant.index import cached_index
+from assistant.pipeline import ATTRIBUTES_FILE, RETRIEVER_FILE, PipelineConfig
+from assistant.users import User, resolve_user
+from retriever.model import DialogRetriever, RetrieverRanker
+
+log = logging.getLogger(__name__)
+
+
+class Assistant:
+    """A trained system over one catalog: backbone, item features, retriever with its index, attribute heads.
+
+    The catalog may be one the model never saw: its features and index are built with the model's backbone
+    (and cached), and items without attribute labels get predicted ones.
+    """
+
+    def __init__(self, model_dir: Path, catalog: Catalog, config: PipelineConfig, backbone: Backbone,
+                 features: ItemFeatures, retriever: DialogRetriever, attribute_predictor: AttributePredictor | None,
+                 attributes: list[dict[str, str]], predicted: set[tuple[str, str]]) -> None:
+        self.model_dir, self.catalog, self.config = model_dir, catalog, config
+        self.backbone, self.features, self.retriever = backbone, features, retriever
+        self.attribute_predictor = attribute_predictor
+        self.attributes = attributes  # per catalog row: labels, with predicted values where labels are missing
+        self.predicted = predicted  # (item id, attribute name) pairs that were predicted
+        self.items = retriever.item_inputs(catalog, features, attributes)
+        vectors = retriever.item_vectors(self.items)
+        with open(model_dir / RETRIEVER_FILE, "rb") as weights:
+            retriever_digest = hashlib.file_digest(weights, "sha256").hexdigest()[:16]
+        self.index = cached_index(vectors, config.index, key=f"{retriever_digest}-{catalog.fingerprint}")
+        self.ranker = RetrieverRanker(retriever, self.items, vectors, self.index)
+        self._users: dict[str, User] = {}
+
+    @classmethod
+    def load(cls, model_dir: str | Path, catalog: str | Catalog = "demo", progress: bool = True,
+             backbone: Backbone | None = None, features: ItemFeatures | None = None) -> Assistant:
+        """A trained model directory (from `fashion-assistant train`) over a catalog (path, `demo`, or Catalog)."""
+        model_dir = Path(model_dir)
+        for needed in (BACKBONE_FILE, RETRIEVER_FILE, "config.yaml"):
+            if not (model_dir / needed).exists():
+                raise FileNotFoundError(f"{model_dir} is not a trained model directory (no {needed}); "
+                                        "make one with `fashion-assistant train`")
+        config = PipelineConfig.load(model_dir / "config.yaml")
+        catalog = catalog if isinstance(catalog, Catalog) else load_catalog(catalog)
+        backbone = backbone or Backbone.load(model_dir / BACKBONE_FILE, device=config.backbone.device)
+        features = features or compute_features(backbone, catalog, progress=progress)
+        retriever = DialogRetriever.load(model_dir / RETRIEVER_FILE)
+        predictor = AttributePredictor.load(model_dir / ATTRIBUTES_FILE) if (model_dir / ATTRIBUTES_FILE).exists() \
+            else None
+        attributes = [dict(item.attributes) for item in catalog]
+        predicted: set[tuple[str, str]] = set()
+        if predictor is not None and any(set(predictor.names) - set(a) for a in attributes):
+            filled, predicted = predictor.fill_missing(catalog, features.image)
+            attributes = [dict(item.attributes) for item in filled]
+        return cls(model_dir, catalog, config, backbone, features, retriever, predictor, attributes, predicted)
+
+    def context(self) -> RankingContext:
+        return RankingContext(self.catalog, self.ranker, self.features.image, self.backbone, self.attribute_predictor)
+
+    def dialog(self, page_size: int = 12) -> Dialog:
+        """A new dialog for one shopper."""
+        return Dialog(self.context(), page_size=page_size)
+
+    def user(self, spec: str = "template", seed: int = 0) -> User:
+        """A simulated shopper: `template`, `simulator` (the trained one in the model dir) or `module:function`."""
+        key = f"{spec}@{seed}"
+        if key not in self._users:
+            if spec == "simulator":
+                from simulator.user import load_simulator_user
+
+                self._users[key] = load_simulator_user(self.model_dir, self.catalog, self.features, seed=seed)
+            elif spec == "template":
+                from simulator.template_user import TemplateUser
+
+                users = self.config.users
+                self._users[key] = TemplateUser(self.catalog, seed=seed, max_facets=users.max_facets,
+                                                title_words=users.title_words)
+            else:
+                self._users[key] = resolve_user(spec, self.catalog, seed=seed)
+        return self._users[key]
+
+    def understood(self, dialog: Dialog) -> dict[str, str]:
+        """The attribute values the shopper has asked for so far (later turns override earlier, negations remove)."""
+        parser = self._parser()
+        wanted: dict[str, str] = {}
+        for turn in dialog.turns:
+            parsed = parser.parse(turn.feedback)
+            for name, values in parsed.negated.items():
+                if wanted.get(name) in values:
+                    del wanted[name]
+            wanted.update(parsed.asserted)
+        return wanted
+
+    def _parser(self):
+        if not hasattr(self, "_attribute_parser"):
+            from simulator.attribute_parser import AttributeParser
+
+            self._attribute_parser = AttributeParser(self.catalog.vocabulary())
+        return self._attribute_parser
+
+    def baselines(self) -> dict[str, Any]:
+        """The evaluation's baseline rankers over this catalog, each a Ranker through the same Dialog loop."""
+        from retriever.baselines import AttributeFilterRanker, KeywordRanker, RandomRanker, SingleTurnRanker
+
+        image = self.features.image
+        return {"random": RandomRanker(len(self.catalog)), "keyword": KeywordRanker(self.catalog),
+                "attribute_filter": AttributeFilterRanker(self.catalog, image, self.backbone),
+                "single_turn": SingleTurnRanker(image, self.backbone),
+                "no_attributes": RetrieverRanker(self.retriever, self.items, self.ranker.item_vectors,
+                                                 use_attributes=False)}
+
+    def evaluate(self, user: str = "template", turns: int = 5, targets: int = 1000, seed: int = 0,
+                 baselines: bool = True) -> dict[str, Any]:
+        """The held-out dialog protocol for the model and the baselines, with one user (see retriever.evaluate)."""
+        from retriever.evaluate import evaluate
+
+        systems = {"model": self.ranker, **(self.baselines() if baselines else {})}
+        notes = {"no_attributes": "the model's attribute tokens masked at inference (not retrained)"}
+        return evaluate(systems, self.catalog, self.user(user, seed=seed), turns=turns, targets=targets, seed=seed,
+                        user_name=user, notes=notes)

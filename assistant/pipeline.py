@@ -1,0 +1,240 @@
+"""The `train` pipeline: every stage in order into one self-contained model directory, skipping finished ones."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from assistant.attributes import AttributeConfig, AttributePredictor
+from assistant.backbone import BACKBONE_FILE, Backbone, BackboneConfig, train_backbone
+from assistant.catalog import Catalog, load_catalog
+from assistant.config import STAGES, load_config, section
+from assistant.features import ItemFeatures, compute_features
+from assistant.index import IndexConfig
+from assistant.storage import atomic_write_text
+from retriever.train import RetrieverConfig
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE, MANIFEST_FILE, METRICS_FILE = "config.yaml", "stages.json", "metrics.json"
+ATTRIBUTES_FILE, RETRIEVER_FILE, PLOT_FILE = "attributes.safetensors", "retriever.safetensors", "evaluation.png"
+
+
+@dataclass
+class CatalogSection:
+    """The `catalog:` section: which catalog a config trains on when none is given on the command line."""
+
+    source: str = "demo"
+
+
+@dataclass
+class UsersConfig:
+    """The `users:` section: how the template shopper talks during training and evaluation."""
+
+    max_facets: int = 2
+    title_words: int = 1
+    seed: int = 0
+
+
+@dataclass
+class EvaluationConfig:
+    """The `evaluation:` section: the held-out protocol run at the end of training."""
+
+    split: str = "test"
+    targets: int = 1000
+    turns: int = 5
+    seed: int = 0
+    simulator_pairs: int = 1000
+    users: list[str] = field(default_factory=lambda: ["template", "simulator"])
+
+
+@dataclass
+class PipelineConfig:
+    """All sections of a config, each a stage's own dataclass."""
+
+    catalog: CatalogSection
+    backbone: BackboneConfig
+    attributes: AttributeConfig
+    index: IndexConfig
+    simulator: Any  # SimulatorConfig
+    retriever: RetrieverConfig
+    users: UsersConfig
+    evaluation: EvaluationConfig
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> PipelineConfig:
+        from simulator.train import SimulatorConfig
+
+        kinds = {"catalog": CatalogSection, "backbone": BackboneConfig, "attributes": AttributeConfig,
+                 "index": IndexConfig, "simulator": SimulatorConfig, "retriever": RetrieverConfig,
+                 "users": UsersConfig, "evaluation": EvaluationConfig}
+        unknown = set(raw) - set(kinds)
+        if unknown:
+            raise ValueError(f"unknown config sections {sorted(unknown)}; known: {sorted(kinds)}")
+        return cls(**{name: section(raw, name, kind) for name, kind in kinds.items()})
+
+    @classmethod
+    def load(cls, name_or_path: str | Path) -> PipelineConfig:
+        return cls.from_dict(load_config(name_or_path))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: dataclasses.asdict(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+def features_for(features: ItemFeatures, catalog: Catalog) -> ItemFeatures:
+    """The rows of `features` for the items of `catalog` (e.g. one split), in its order."""
+    rows = [features.row(item_id) for item_id in catalog.ids]
+    return ItemFeatures(catalog.ids, features.image[rows], features.text[rows], features.item[rows],
+                        {i: why for i, why in features.failed.items() if i in catalog},
+                        features.backbone_id, catalog.fingerprint)
+
+
+class TrainingRun:
+    """One `train` run: the config, the catalog and the model directory, with a manifest of finished stages."""
+
+    def __init__(self, catalog: Catalog, config: PipelineConfig, out_dir: Path, progress: bool = True) -> None:
+        self.catalog, self.config, self.out_dir, self.progress = catalog, config, Path(out_dir), progress
+        self.run_key = {"catalog": catalog.fingerprint, "config": config.as_dict()}
+        self.manifest: dict[str, Any] = {"run_key": self.run_key, "stages": {}}
+        self._backbone: Backbone | None = None
+        self._features: ItemFeatures | None = None
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.out_dir / MANIFEST_FILE
+
+    def open(self, resume: bool) -> None:
+        """Start a new model directory, or continue the one there when `resume` and it is the same run."""
+        if self.manifest_path.exists():
+            existing = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+            if not resume:
+                raise FileExistsError(f"{self.out_dir} already holds a training run: pass --resume to continue it, "
+                                      "or choose another --out")
+            if existing.get("run_key") != json.loads(json.dumps(self.run_key)):
+                raise ValueError(f"{self.out_dir} holds a run of another config or catalog; choose another --out")
+            self.manifest = existing
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.out_dir / CONFIG_FILE, yaml.safe_dump(self.config.as_dict(), sort_keys=False))
+        atomic_write_text(self.out_dir / "catalog.json", json.dumps(
+            {"name": self.catalog.name, "fingerprint": self.catalog.fingerprint, "items": len(self.catalog),
+             "attributes": self.catalog.attribute_names()}, indent=2) + "\n")
+        self._save_manifest()
+
+    def _save_manifest(self) -> None:
+        atomic_write_text(self.manifest_path, json.dumps(self.manifest, indent=2) + "\n")
+
+    def done(self, stage: str) -> bool:
+        return bool(self.manifest["stages"].get(stage, {}).get("done"))
+
+    def run(self, stages: tuple[str, ...] = STAGES) -> dict[str, Any]:
+        for stage in stages:
+            if self.done(stage):
+                log.info("stage %s: finished before, skipped", stage)
+                continue
+            start = time.perf_counter()
+            log.info("stage %s: running", stage)
+            details = getattr(self, f"stage_{stage}")() or {}
+            self.manifest["stages"][stage] = {"done": True, "seconds": round(time.perf_counter() - start, 1),
+                                              **details}
+            self._save_manifest()
+        return self.manifest
+
+    # Stages, in order. Each leaves its files in the model directory and can be re-entered after a kill.
+    def split(self, name: str) -> Catalog:
+        return self.catalog.split(name)
+
+    @property
+    def backbone(self) -> Backbone:
+        if self._backbone is None:
+            self._backbone = Backbone.load(self.out_dir / BACKBONE_FILE, device=self.config.backbone.device)
+        return self._backbone
+
+    @property
+    def features(self) -> ItemFeatures:
+        if self._features is None:
+            self._features = compute_features(self.backbone, self.catalog, progress=self.progress)
+        return self._features
+
+    def stage_backbone(self) -> dict:
+        self._backbone = train_backbone(self.split("train"), self.config.backbone, self.out_dir,
+                                        progress=self.progress)
+        return {"backbone_id": self._backbone.id}
+
+    def stage_features(self) -> dict:
+        return {"items": len(self.features), "failed_images": len(self.features.failed)}
+
+    def stage_attributes(self) -> dict:
+        rows = {name: [self.catalog.index_of(i) for i in self.split(name).ids] for name in ("train", "val", "test")}
+        predictor = AttributePredictor.train(self.features.image, self.catalog, rows["train"],
+                                             self.config.attributes, rows_val=rows["val"])
+        predictor.save(self.out_dir / ATTRIBUTES_FILE)
+        return {"test_accuracy": predictor.evaluate(self.features.image, self.catalog, rows["test"])}
+
+    def stage_simulator(self) -> dict:
+        from simulator.train import train_simulator
+
+        train_simulator(self.catalog, self.features, self.config.simulator, self.out_dir, resume=True)
+        return {}
+
+    def template_user(self, catalog: Catalog):
+        from simulator.template_user import TemplateUser
+
+        users = self.config.users
+        return TemplateUser(catalog, seed=users.seed, max_facets=users.max_facets, title_words=users.title_words)
+
+    def stage_retriever(self) -> dict:
+        from retriever.train import mixed_user, train_retriever
+        from simulator.user import load_simulator_user
+
+        train = self.split("train")
+        train_features = features_for(self.features, train)
+        simulator = load_simulator_user(self.out_dir, train, train_features, seed=self.config.users.seed)
+        user = mixed_user(simulator, self.template_user(train), self.config.retriever.simulator_fraction,
+                          seed=self.config.retriever.seed)
+        train_retriever(train, train_features, user, self.config.retriever, self.out_dir, resume=True)
+        return {}
+
+    def stage_metrics(self) -> dict:
+        from assistant.api import Assistant
+        from retriever.evaluate import plot
+        from simulator.captioner import SimulatorModel
+        from simulator.metrics import evaluate_simulator
+
+        evaluation = self.config.evaluation
+        held_out = self.split(evaluation.split)
+        assistant = Assistant.load(self.out_dir, held_out, progress=self.progress, backbone=self.backbone,
+                                   features=features_for(self.features, held_out))
+        metrics: dict[str, Any] = {"catalog": self.catalog.name, "split": evaluation.split,
+                                   "stages": {s: v.get("seconds") for s, v in self.manifest["stages"].items()},
+                                   "attributes": self.manifest["stages"]["attributes"]["test_accuracy"]}
+        metrics["simulator"] = evaluate_simulator(SimulatorModel.load(self.out_dir), held_out, assistant.features,
+                                                  pairs=evaluation.simulator_pairs, seed=evaluation.seed)
+        metrics["simulator"].pop("examples", None)
+        metrics["dialogs"] = {user: assistant.evaluate(user, turns=evaluation.turns, targets=evaluation.targets,
+                                                       seed=evaluation.seed) for user in evaluation.users}
+        atomic_write_text(self.out_dir / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
+        plot(metrics["dialogs"]["template"], self.out_dir / PLOT_FILE)
+        model = metrics["dialogs"]["template"]["systems"]["model"]
+        return {"success@10": model["success@10"][-1], "recall@10": model["recall@10"][-1]}
+
+
+def train(catalog: str | Catalog | None, config: str | Path, out_dir: str | Path, resume: bool = False,
+          progress: bool = True, stages: tuple[str, ...] = STAGES) -> dict[str, Any]:
+    """Run every stage (backbone → features → attribute heads → simulator → retriever → metrics) into `out_dir`.
+
+    Stages a previous run of the same config and catalog finished are skipped with `resume`; a stage that
+    was killed midway continues from its own checkpoint.
+    """
+    pipeline_config = PipelineConfig.load(config)
+    if not isinstance(catalog, Catalog):
+        catalog = load_catalog(catalog or pipeline_config.catalog.source)
+    run = TrainingRun(catalog, pipeline_config, Path(out_dir), progress=progress)
+    run.open(resume)
+    return run.run(stages)
