@@ -60,7 +60,7 @@ def main() -> None:
         train_seconds = time.perf_counter() - started
         history_file = out_dir / "backbone-train-log.json"
         history = json.loads(history_file.read_text()) if history_file.exists() else []
-        results[name] = {"test": text_image_recall(backbone, test, progress=True), "model_dir": str(out_dir),
+        results[name] = {"test": text_image_recall(backbone, test, progress=True), "model_dir": out_dir.name,
                          "backbone_id": backbone.id, "train_wall_seconds_this_call": round(train_seconds, 1),
                          "train_seconds_per_epoch": [h["seconds"] for h in history],
                          "train_images_per_second": [h["images_per_second"] for h in history],

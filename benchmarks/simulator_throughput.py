@@ -64,7 +64,7 @@ def main() -> None:
                 "mean_caption_pieces": round(pieces, 2)}
 
     results = [rate("greedy", size, min(args.pairs, max(64, size * 4))) for size in (1, 16, 64, 256, 1024)]
-    results += [rate(decoding, 256, 1024) for decoding in ("beam", "sample")]
+    results += [rate(decoding, 256, 256) for decoding in ("beam", "sample")]
     best_greedy = max(r["captions_per_s"] for r in results if r["decoding"] == "greedy")
     result = {"model": model_dir.name, "parameters": sum(p.numel() for p in model.network.parameters()),
               "shape": model.settings()["shape"], "torch_threads": args.threads, "cpu": platform.processor(),

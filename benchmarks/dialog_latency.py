@@ -1,0 +1,113 @@
+"""Benchmark: latency of one dialog turn through the public Dialog API on the real catalog (image loading excluded).
+
+Each simulated shopper opens with a described request, then replies four times with the template shopper's words
+about the item shown; only `Dialog.start` / `Dialog.reply` are timed (feedback encoding, the retriever's query,
+the index search, the results). Latency does not depend on the weights, so without --retriever an untrained
+retriever of the configured shape is timed; without --backbone the item vectors are synthetic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from assistant.catalog import load_catalog
+from assistant.config import load_config, section
+from assistant.dialog import Dialog, RankingContext
+from assistant.features import ItemFeatures
+from assistant.index import IndexConfig, VectorIndex, clustered_vectors
+from assistant.storage import atomic_write_text
+from retriever.model import DialogRetriever, RetrieverRanker
+from retriever.train import RetrieverConfig
+from simulator.template_user import TemplateUser
+
+RESULTS = Path(__file__).parent / "results"
+DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared/data/fashion-product-images-small"
+
+
+def item_features(catalog, backbone_path: Path | None) -> tuple[ItemFeatures, str]:
+    if backbone_path is not None:
+        from assistant.backbone import Backbone
+        from assistant.features import compute_features
+
+        backbone = Backbone.load(backbone_path)
+        return compute_features(backbone, catalog), backbone.id
+    vectors = [clustered_vectors(len(catalog), 256, seed=seed) for seed in (1, 2)]
+    return ItemFeatures(catalog.ids, vectors[0], vectors[1], vectors[0]), "synthetic (clustered_vectors, 256-d)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--catalog", type=Path, default=DEFAULT_ROOT)
+    parser.add_argument("--backbone", type=Path, help="a trained backbone (file or folder); else synthetic vectors")
+    parser.add_argument("--retriever", type=Path, help="a trained retriever.safetensors; else an untrained one")
+    parser.add_argument("--config", default="fpi-cpu", help="config whose retriever: section gives the shape")
+    parser.add_argument("--set", default="{}", help="JSON overrides of the retriever section (shape fields)")
+    parser.add_argument("--dialogs", type=int, default=100)
+    parser.add_argument("--turns", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for a single shopper's query")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=RESULTS / "dialog_latency.json")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    catalog = load_catalog(args.catalog)
+    features, feature_source = item_features(catalog, args.backbone)
+    if args.retriever:
+        retriever = DialogRetriever.load(args.retriever)
+    else:
+        try:
+            config = section(load_config(args.config), "retriever", RetrieverConfig)
+        except FileNotFoundError:
+            config = RetrieverConfig()
+        config = dataclasses.replace(config, **json.loads(args.set))
+        torch.manual_seed(args.seed)
+        retriever = DialogRetriever.create(catalog, features.dim, **config.shape_fields())
+    items = retriever.item_inputs(catalog, features)
+    vectors = retriever.item_vectors(items)
+    index = VectorIndex.build(vectors, IndexConfig())
+    context = RankingContext(catalog, RetrieverRanker(retriever, items, vectors, index), features.image)
+    user = TemplateUser(catalog, seed=args.seed)
+    rng = np.random.default_rng(args.seed)
+    per_turn: list[list[float]] = [[] for _ in range(args.turns)]
+    for number in range(args.dialogs + 1):  # the first dialog warms caches up and is not counted
+        target = catalog.items[int(rng.integers(len(catalog)))]
+        dialog = Dialog(context)
+        timings = []
+        started = time.perf_counter()
+        dialog.start(text=user.describe(target))
+        timings.append(time.perf_counter() - started)
+        for turn in range(2, args.turns + 1):
+            reply = user.respond(dialog.reference, target, turn)
+            started = time.perf_counter()
+            dialog.reply(reply)
+            timings.append(time.perf_counter() - started)
+        if number:
+            for turn, seconds in enumerate(timings):
+                per_turn[turn].append(seconds * 1000)
+    every = np.concatenate(per_turn)
+    result = {
+        "catalog_size": len(catalog), "dialogs": args.dialogs, "turns": args.turns,
+        "p50_ms": round(float(np.percentile(every, 50)), 2), "p99_ms": round(float(np.percentile(every, 99)), 2),
+        "per_turn": {str(t + 1): {"p50_ms": round(float(np.percentile(ms, 50)), 2),
+                                  "p99_ms": round(float(np.percentile(ms, 99)), 2)}
+                     for t, ms in enumerate(per_turn)},
+        "index": index.kind, "torch_threads": args.threads, "features": feature_source,
+        "retriever": "trained" if args.retriever else "untrained (same shape, same cost)",
+        "retriever_shape": {k: v for k, v in dataclasses.asdict(retriever.shape).items()
+                            if k not in ("attribute_names", "attribute_values")},
+        "note": "timed: Dialog.start / Dialog.reply (feedback text encoding, query, index search, results); "
+                "not timed: the template shopper's reply; no image is loaded",
+    }
+    atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
