@@ -64,12 +64,17 @@ def main() -> None:
     train_s = time.perf_counter() - start
     test = predictor.evaluate(embeddings, catalog, rows["test"])
     val = predictor.evaluate(embeddings, catalog, rows["val"])
+    top3 = predictor.top_k(embeddings[rows["test"]], k=3)
     attributes = {}
     for head in predictor.heads:
         named = [v for v in head.values if v != OTHER]
+        labelled = [(best[head.name], catalog.items[row].attributes[head.name])
+                    for best, row in zip(top3, rows["test"], strict=True) if head.name in catalog.items[row].attributes]
+        in_top3 = [truth in {value for value, _ in best} for best, truth in labelled]
         attributes[head.name] = {
             "test_accuracy": round(test[head.name]["accuracy"], 4),
             "majority_baseline": round(test[head.name]["majority_baseline"], 4),
+            "test_top3_accuracy": round(float(np.mean(in_top3)), 4) if in_top3 and not head.multi_label else None,
             "majority_value": head.majority, "val_accuracy": round(val[head.name]["accuracy"], 4),
             "test_items": test[head.name]["items"], "classes": len(named),
             "catalog_values_without_own_class": len(catalog.vocabulary()[head.name]) - len(named),

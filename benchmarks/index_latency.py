@@ -137,17 +137,18 @@ def run_size(label: str, vectors: np.ndarray, queries: np.ndarray, args: argpars
     }
 
 
-def real_vectors(path: Path | None, count: int) -> tuple[np.ndarray, np.ndarray, str]:
+def real_vectors(path: Path | None, count: int, queries: int) -> tuple[np.ndarray, np.ndarray, str]:
     """Item embeddings (and text-embedding queries) from a feature file, else synthetic vectors of the same size."""
     if path is not None:
         from assistant.features import ItemFeatures
 
         features = ItemFeatures.load(path)
         rng = np.random.default_rng(0)
-        picked = rng.choice(len(features.item), 200, replace=False)
+        picked = rng.choice(len(features.item), queries, replace=False)
         return (features.item, np.ascontiguousarray(features.text[picked]),
-                f"real catalog embeddings from {path.name}; queries: 200 items' text embeddings")
-    return (clustered_vectors(count, seed=0), clustered_vectors(200, seed=1),
+                f"real catalog item embeddings from {path.name} (backbone {features.backbone_id}); "
+                f"queries: {queries} random items' text embeddings")
+    return (clustered_vectors(count, seed=0), clustered_vectors(queries, seed=1),
             "SYNTHETIC clustered vectors of the real catalog's size (no feature file given)")
 
 
@@ -166,14 +167,14 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results/index_latency.json")
     args = parser.parse_args()
 
-    vectors, queries, source = real_vectors(args.features, args.catalog_size)
+    vectors, queries, source = real_vectors(args.features, args.catalog_size, args.queries)
     result = {
         "k": K, "targets": {"p50_ms": LATENCY_TARGET_MS, "recall_at_50": RECALL_TARGET},
         "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
                     "faiss": faiss.__version__, "note": "2 cores shared with other jobs: timings are noisy"},
         "threads": {"batch_1": 1, f"batches_of_{SINGLE_THREAD_BELOW}_or_more": args.threads, "build": args.threads},
         "defaults": dataclasses.asdict(IndexConfig()),
-        "catalog": {"source": source, **run_size("catalog", vectors, queries[: args.queries], args, None, "catalog")},
+        "catalog": {"source": source, **run_size("catalog", vectors, queries, args, None, "catalog")},
     }
     if not args.large and args.json.exists():
         earlier = json.loads(args.json.read_text(encoding="utf-8")).get("large")
