@@ -11,6 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read when torch/faiss load: idle threads sleep
 
 REPO = Path(__file__).resolve().parent.parent
 FPI_ROOT = Path(os.environ.get("FASHION_ASSISTANT_FPI", REPO.parent / "shared/data/fashion-product-images-small"))
