@@ -24,9 +24,10 @@ import faiss  # noqa: E402
 KINDS = ("auto", "exact", "hnsw", "ivfpq")
 FILE_FORMAT = "fashion-assistant-index/1"
 # Batches smaller than this search on one thread. faiss splits a search across queries (and a flat scan of one
-# query across blocks); for a single dialog turn the OpenMP hand-off and the other core being busy cost more than
-# a second thread saves: on 2 cores one thread searched 35k items ~2x faster than two for batch 1.
-# Evaluation batches split their queries over `IndexConfig.threads`. Measured in benchmarks/index_latency.py.
+# query across blocks); for a single dialog turn waking a second OpenMP thread on a core that is busy with other
+# work costs more than it saves: on the shared 2-core machine an exact batch-1 top-50 search over the 35k catalog
+# took 1.8 ms on one thread and 12 ms on two. Evaluation batches split their queries over `IndexConfig.threads`
+# (there 2 threads gained ~3-10% on batches of 64). Measured in benchmarks/index_latency.py.
 SINGLE_THREAD_BELOW = 8
 MIN_APPROXIMATE = 1000  # fewer vectors than this are searched exactly whatever the kind (and PQ could not train)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from assistant.backbone import BackboneConfig, text_image_recall, train_backbone
+from assistant.backbone import BackboneConfig, cpu_has_native_bf16, text_image_recall, train_backbone
 from assistant.catalog import Catalog, Item, load_catalog
 from assistant.storage import atomic_write_text, cache_dir
 
@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--no-control", action="store_true", help="skip the shuffled-pairs control")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
                         help="override a BackboneConfig field, e.g. --set epochs=4 --set lr=1e-3")
+    parser.add_argument("--note", default="", help="free text stored with the results")
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results/backbone_quality.json")
     args = parser.parse_args()
     overrides = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.set)}
@@ -61,7 +62,8 @@ def main() -> None:
         history_file = out_dir / "backbone-train-log.json"
         history = json.loads(history_file.read_text()) if history_file.exists() else []
         results[name] = {"test": text_image_recall(backbone, test, progress=True), "model_dir": out_dir.name,
-                         "backbone_id": backbone.id, "train_wall_seconds_this_call": round(train_seconds, 1),
+                         "backbone_id": backbone.id, "wall_seconds_this_call": round(train_seconds, 1),
+                         "train_seconds_total": round(sum(h["seconds"] for h in history), 1),
                          "train_seconds_per_epoch": [h["seconds"] for h in history],
                          "train_images_per_second": [h["images_per_second"] for h in history],
                          "loss_per_epoch": [round(h["loss"], 4) for h in history]}
@@ -72,7 +74,8 @@ def main() -> None:
         "chance": {f"R@{k}": round(k / len(test), 4) for k in (1, 5, 10)},
         "config": dataclasses.asdict(config), "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
         "load_average_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
-        "note": "CPU shared with other processes while measured: times are upper bounds", **results,
+        "encode_precision": "bf16 autocast" if config.cpu_bf16 and cpu_has_native_bf16() else "fp32",
+        "note": "CPU shared with other processes while measured: times are upper bounds. " + args.note, **results,
     }
     atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

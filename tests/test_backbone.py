@@ -27,6 +27,7 @@ from assistant.backbone import (
     Backbone,
     BackboneConfig,
     BackboneError,
+    cpu_has_native_bf16,
     create_backbone,
     item_text,
     letterbox,
@@ -98,7 +99,7 @@ def test_pretrained_from_a_local_open_clip_checkpoint(tmp_path: Path) -> None:
     reference = open_clip.create_model("fashion-vit-tiny").eval()
     checkpoint = tmp_path / "weights.pt"
     torch.save(reference.state_dict(), checkpoint)
-    backbone = create_backbone(BackboneConfig(model="fashion-vit-tiny", pretrained=str(checkpoint)))
+    backbone = create_backbone(BackboneConfig(model="fashion-vit-tiny", pretrained=str(checkpoint), cpu_bf16=False))
     pixels = torch.randint(0, 256, (4, 3, 64, 48), dtype=torch.uint8)
     texts = ["white cotton shirt", "black leather belt", "red dress", "blue jeans"]
     with torch.no_grad():
@@ -148,13 +149,25 @@ def test_hf_hub_id_loads_offline_from_the_local_cache(monkeypatch: pytest.Monkey
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    backbone = create_backbone(BackboneConfig(pretrained="hf-hub:shop/tiny-clip"))
+    backbone = create_backbone(BackboneConfig(pretrained="hf-hub:shop/tiny-clip", cpu_bf16=False))
     texts = ["grey hoodie", "black heels"]
     with torch.no_grad():
         expected = F.normalize(reference.encode_text(open_clip.tokenize(texts, context_length=32)), dim=-1).numpy()
     np.testing.assert_allclose(backbone.encode_texts(texts), expected, atol=1e-5)
     assert backbone.id.startswith("shop-tiny-clip-")
     np.testing.assert_allclose(Backbone.load(backbone.save(tmp_path / "m")).encode_texts(texts), expected, atol=1e-5)
+
+
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no native bf16: encoding stays fp32")
+def test_bf16_encoding_on_cpu_stays_close_to_fp32(real_catalog: Catalog) -> None:
+    fp32 = create_backbone(BackboneConfig(cpu_bf16=False))
+    bf16 = Backbone(fp32.model, BackboneConfig(), fp32.model_cfg, fp32.device)
+    catalog = real_catalog.subset(real_catalog.ids[:64])
+    pixels, _ = pixel_tensor(catalog, fp32.image_size, progress=False)
+    texts = [item_text(item) for item in catalog]
+    assert (fp32.encode_images(pixels) * bf16.encode_images(pixels)).sum(axis=1).min() > 0.995
+    assert (fp32.encode_texts(texts) * bf16.encode_texts(texts)).sum(axis=1).min() > 0.995
+    assert bf16.id == fp32.id  # a numeric detail, not another embedding space
 
 
 def test_unknown_model_tag_or_missing_file_say_so() -> None:

@@ -39,8 +39,9 @@ def test_features_are_normalised_rows_in_catalog_order(backbone: Backbone, catal
     item = catalog.items[123]
     row = features.row(item.id)
     assert row == 123
-    np.testing.assert_allclose(features.image[row], backbone.encode_images([catalog.open_image(item)])[0], atol=1e-5)
-    np.testing.assert_allclose(features.text[row], backbone.encode_texts([item_text(item)])[0], atol=1e-5)
+    # the same vectors as encoding the item alone (up to bf16 rounding where the CPU encodes in bf16)
+    assert features.image[row] @ backbone.encode_images([catalog.open_image(item)])[0] > 0.999
+    assert features.text[row] @ backbone.encode_texts([item_text(item)])[0] > 0.999
     np.testing.assert_allclose(features.item, backbone.fuse(features.image, features.text), atol=1e-6)
     with pytest.raises(KeyError, match="no features for item 'nope'"):
         features.row("nope")
