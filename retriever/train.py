@@ -40,13 +40,13 @@ RUN_INDEPENDENT = ("device", "threads", "progress")
 class RetrieverConfig:
     """The `retriever:` config section: network shape, simulated dialogs, optimisation."""
 
-    width: int = 256
-    layers: int = 4
+    width: int = 128
+    layers: int = 2
     heads: int = 4
-    feedforward: int = 512
+    feedforward: int = 256
     dropout: float = 0.1
     max_turns: int = 8
-    text_mode: str = "contextual"  # contextual (frozen MiniLM token vectors) or static (wordpiece vectors)
+    text_mode: str = "static"  # static (MiniLM wordpiece vectors) or contextual (+ frozen MiniLM token outputs)
     item_space: str = "learned"  # learned item tower, or "backbone" (queries in ItemFeatures.item space)
     use_attributes: bool = True  # False trains the no-attributes ablation
     turns: int = 5  # turns per simulated dialog
@@ -55,10 +55,10 @@ class RetrieverConfig:
     opening_fraction: float = 0.3  # dialogs that open with a described request instead of a random item
     simulator_fraction: float = 0.5  # share of dialogs answered by the trained simulator (rest: template shopper)
     random_shown_epochs: int = 1  # curriculum: the first epochs show random items instead of the top result
-    batch_size: int = 128
-    learning_rate: float = 5e-4
+    batch_size: int = 64
+    learning_rate: float = 1e-3
     weight_decay: float = 0.01
-    warmup_steps: int = 100
+    warmup_steps: int = 60
     hard_negatives: int = 8  # top results of each rollout turn used as negatives
     random_negatives: int = 1024  # catalog items drawn per step as extra negatives
     seed: int = 0

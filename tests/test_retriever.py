@@ -19,8 +19,7 @@ from assistant.backbone import BackboneConfig, create_backbone
 from assistant.catalog import Catalog, load_catalog
 from assistant.dialog import DialogState, ShownImage, Turn, run_dialogs
 from assistant.features import ItemFeatures, compute_features
-from retriever.baselines import RandomRanker, SingleTurnRanker
-from retriever.evaluate import evaluate
+from retriever.evaluate import evaluate, standard_systems
 from retriever.model import (
     ATTRIBUTE,
     IMAGE,
@@ -139,10 +138,10 @@ def test_trained_retriever_closes_in_over_the_turns(tmp_path: Path, backbone) ->
                                 tmp_path)
     log = json.loads((tmp_path / TRAIN_LOG_FILE).read_text())
     assert log[-1]["loss"] < log[0]["loss"] - 1.0
-    test_features = features_for(features, test)
-    systems = {"model": RetrieverRanker(retriever, retriever.item_inputs(test, test_features)),
-               "random": RandomRanker(len(test)), "single_turn": SingleTurnRanker(test_features.image, backbone)}
-    result = evaluate(systems, test, TemplateUser(test, seed=2), turns=4, targets=len(test), seed=0)
+    systems, notes = standard_systems(retriever, test, features, backbone)
+    assert list(systems) == ["model", "no_attributes", "keyword", "attribute_filter", "single_turn", "random"]
+    result = evaluate(systems, test, TemplateUser(test, seed=2), turns=4, targets=len(test), seed=0, notes=notes)
+    assert "masked at inference" in result["notes"]["no_attributes"]
     model = result["systems"]["model"]
     assert model["recall@10"][-1] > model["recall@10"][0] + 0.08
     assert model["rank_percentile"][-1] > model["rank_percentile"][0] + 5
