@@ -67,6 +67,8 @@ class BackboneConfig:
     warmup_steps: int = 100
     title_only: float = 0.5  # share of training texts that are the bare title (shoppers type titles, not labels)
     augment: bool = True  # random horizontal flip and a few pixels' shift
+    attribute_loss: float = 0.0  # weight of a cross-entropy loss on the catalog's labels beside the CLIP loss
+    attribute_min_count: int = 5  # labels seen fewer times than this are ignored by that loss
     seed: int = 0
     device: str = "auto"  # auto: cuda when present, else cpu
     amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling)
@@ -78,6 +80,8 @@ class BackboneConfig:
             raise ValueError(f"backbone fuse_text must be within [0, 1], not {self.fuse_text}")
         if not 0.0 <= self.title_only <= 1.0:
             raise ValueError(f"backbone title_only must be within [0, 1], not {self.title_only}")
+        if self.attribute_loss < 0:
+            raise ValueError(f"backbone attribute_loss must be >= 0, not {self.attribute_loss}")
         if self.epochs < 0 or self.batch_size < 2:
             raise ValueError("backbone epochs must be >= 0 and batch_size >= 2")
 
@@ -552,6 +556,36 @@ def _augment(pixels: torch.Tensor, generator: torch.Generator, shift: int = 3) -
     return torch.stack([padded[i, :, dy:dy + height, dx:dx + width] for i, (dy, dx) in enumerate(offsets)]) / 255.0
 
 
+class LabelHeads(torch.nn.Module):
+    """Linear classifiers on the image embedding, one per labelled attribute, used only while training.
+
+    They add supervision where a catalog has labels (articleType, colour, ...): the embedding then separates
+    classes that titles alone do not. Labels rarer than `min_count` and missing labels are ignored (-1).
+    """
+
+    def __init__(self, catalog: Catalog, dim: int, min_count: int) -> None:
+        super().__init__()
+        columns: dict[str, torch.Tensor] = {}
+        for name, counts in catalog.vocabulary().items():
+            kept = sorted(value for value, count in counts.items() if count >= min_count and "," not in value)
+            if len(kept) < 2:
+                continue
+            code = {value: index for index, value in enumerate(kept)}
+            columns[name] = torch.tensor([code.get(item.attributes.get(name, ""), -1) for item in catalog])
+        self.labels = columns
+        self.heads = torch.nn.ModuleDict({name: torch.nn.Linear(dim, int(column.max()) + 1)
+                                          for name, column in columns.items()})
+
+    def loss(self, image_features: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy over attributes for a batch of (normalised) image embeddings of catalog rows."""
+        losses = []
+        for name, head in self.heads.items():
+            labels = self.labels[name][rows].to(image_features.device)
+            if (labels >= 0).any():
+                losses.append(F.cross_entropy(head(image_features.float()) / 0.1, labels, ignore_index=-1))
+        return torch.stack(losses).mean() if losses else image_features.new_zeros(())
+
+
 def train_backbone(catalog: Catalog, config: BackboneConfig, out_dir: str | os.PathLike,
                    progress: bool = True) -> Backbone:
     """Contrastive (CLIP loss) training of image <-> title + attribute text on `catalog`; saves and returns it.
@@ -582,8 +616,10 @@ def train_backbone(catalog: Catalog, config: BackboneConfig, out_dir: str | os.P
     tokens_full = backbone.tokenize([item_text(item) for item in catalog])
     tokens_title = backbone.tokenize([item.title for item in catalog])
     model, device = backbone.model, backbone.device
-    optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.98),
-                                  eps=1e-6)
+    label_heads = LabelHeads(catalog, backbone.dim, config.attribute_min_count).to(device)
+    trained_modules = torch.nn.ModuleDict({"model": model, "label_heads": label_heads})
+    optimizer = torch.optim.AdamW(_param_groups(trained_modules, config.weight_decay), lr=config.lr,
+                                  betas=(0.9, 0.98), eps=1e-6)
     batch_size = min(config.batch_size, len(usable))
     steps_per_epoch = len(usable) // batch_size
     total_steps = config.epochs * steps_per_epoch
@@ -597,7 +633,7 @@ def train_backbone(catalog: Catalog, config: BackboneConfig, out_dir: str | os.P
     loss_fn = open_clip.ClipLoss()
     use_scaler = device.type == "cuda" and config.amp and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
-    resumed = _load_train_state(state_path, model, optimizer, run_key)
+    resumed = _load_train_state(state_path, trained_modules, optimizer, run_key)
     start_epoch, step = resumed or (0, 0)
     log_path = out_dir / TRAIN_LOG_FILE
     history: list[dict[str, Any]] = []
@@ -606,7 +642,7 @@ def train_backbone(catalog: Catalog, config: BackboneConfig, out_dir: str | os.P
     if resumed:
         log.info("resuming backbone training after epoch %d of %d", start_epoch, config.epochs)
     for epoch in range(start_epoch, config.epochs):
-        model.train()
+        trained_modules.train()
         generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
         order = usable[torch.randperm(len(usable), generator=generator)]
         losses: list[float] = []
@@ -622,6 +658,8 @@ def train_backbone(catalog: Catalog, config: BackboneConfig, out_dir: str | os.P
             with _autocast(device, config.amp):
                 image_features, text_features, logit_scale = model(backbone.normalise(images), tokens)[:3]
                 loss = loss_fn(image_features, text_features, logit_scale)
+                if config.attribute_loss > 0:
+                    loss = loss + config.attribute_loss * label_heads.loss(image_features, rows)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -634,7 +672,7 @@ def train_backbone(catalog: Catalog, config: BackboneConfig, out_dir: str | os.P
         history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": round(time.time() - started, 1),
                         "images_per_second": round(len(losses) * batch_size / (time.time() - started), 1)})
         atomic_write_text(log_path, json.dumps(history, indent=1))  # before the state: resuming trims it to match
-        _save_train_state(state_path, model, optimizer, epoch + 1, step, run_key)
+        _save_train_state(state_path, trained_modules, optimizer, epoch + 1, step, run_key)
     trained = Backbone(model, config, backbone.model_cfg, device)
     trained.save(final_path, extra={"run_key": run_key, "images_failed": json.dumps(sorted(failed))})
     state_path.unlink(missing_ok=True)
