@@ -80,7 +80,8 @@ class Assistant:
             if spec == "simulator":
                 from simulator.user import load_simulator_user
 
-                self._users[key] = load_simulator_user(self.model_dir, self.catalog, self.features, seed=seed)
+                self._users[key] = load_simulator_user(self.model_dir, self.catalog, self.features,
+                                                       self.config.users.simulator_decoding, seed=seed)
             elif spec == "template":
                 from simulator.template_user import TemplateUser
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import sys
@@ -13,8 +14,6 @@ from pathlib import Path
 from assistant.catalog import CatalogError, load_catalog
 from assistant.config import STAGES
 from assistant.storage import cache_dir
-
-DEMO_MODEL_VERSION = "v1"
 
 
 def _print_catalog_summary(summary: dict) -> None:
@@ -88,12 +87,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_evaluate_simulator(args: argparse.Namespace) -> int:
     from assistant.backbone import BACKBONE_FILE, Backbone
     from assistant.features import compute_features
+    from assistant.pipeline import CONFIG_FILE, PipelineConfig
     from simulator.captioner import SimulatorModel
     from simulator.metrics import evaluate_simulator
 
     catalog = load_catalog(args.catalog)
     features = compute_features(Backbone.load(Path(args.model) / BACKBONE_FILE), catalog)
-    result = evaluate_simulator(SimulatorModel.load(args.model), catalog, features, pairs=args.pairs, seed=args.seed)
+    decoding = args.decoding or PipelineConfig.load(Path(args.model) / CONFIG_FILE).users.simulator_decoding
+    result = evaluate_simulator(SimulatorModel.load(args.model), catalog, features, pairs=args.pairs, seed=args.seed,
+                                decoding=decoding)
     summary = {k: v for k, v in result.items() if k != "examples"}
     print(json.dumps(summary, indent=2))
     if args.json:
@@ -128,7 +130,14 @@ def cmd_export_dialogs(args: argparse.Namespace) -> int:
 
 
 def demo_model_dir(catalog_source: str) -> Path:
-    return cache_dir() / "models" / f"demo-{DEMO_MODEL_VERSION}-{catalog_source.replace(':', '-')}"
+    """Where `demo` keeps its model: named by the demo catalog's version and the demo config, so that a change
+    to either trains a new model instead of reusing a stale one."""
+    from assistant.demo_catalog import VERSION
+    from assistant.pipeline import PipelineConfig
+
+    settings = json.dumps([VERSION, PipelineConfig.load("demo").as_dict()], sort_keys=True)
+    digest = hashlib.sha256(settings.encode()).hexdigest()[:10]
+    return cache_dir() / "models" / f"demo-{catalog_source.replace(':', '-')}-{digest}"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -185,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     _model_and_catalog(simulator)
     simulator.add_argument("--pairs", type=int, default=1000)
     simulator.add_argument("--seed", type=int, default=0)
+    simulator.add_argument("--decoding", choices=["greedy", "beam", "sample"],
+                           help="how captions are decoded (default: the model's users.simulator_decoding)")
     simulator.add_argument("--json", type=Path)
     simulator.set_defaults(run=cmd_evaluate_simulator)
 

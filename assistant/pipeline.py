@@ -41,6 +41,15 @@ class UsersConfig:
     max_facets: int = 2
     title_words: int = 1
     seed: int = 0
+    # How the trained simulator words its answers in rollouts and evaluation: "sample" (nucleus, top_p of the
+    # simulator config) varies the wording as people do; "greedy" always says the likeliest caption.
+    simulator_decoding: str = "sample"
+
+    def __post_init__(self) -> None:
+        from simulator.captioner import DECODINGS
+
+        if self.simulator_decoding not in DECODINGS:
+            raise ValueError(f"users simulator_decoding must be one of {DECODINGS}, not {self.simulator_decoding!r}")
 
 
 @dataclass
@@ -195,7 +204,8 @@ class TrainingRun:
 
         train = self.split("train")
         train_features = features_for(self.features, train)
-        simulator = load_simulator_user(self.out_dir, train, train_features, seed=self.config.users.seed)
+        simulator = load_simulator_user(self.out_dir, train, train_features, self.config.users.simulator_decoding,
+                                        seed=self.config.users.seed)
         user = mixed_user(simulator, self.template_user(train), self.config.retriever.simulator_fraction,
                           seed=self.config.retriever.seed)
         train_retriever(train, train_features, user, self.config.retriever, self.out_dir, resume=True)
@@ -214,9 +224,13 @@ class TrainingRun:
         metrics: dict[str, Any] = {"catalog": self.catalog.name, "split": evaluation.split,
                                    "stages": {s: v.get("seconds") for s, v in self.manifest["stages"].items()},
                                    "attributes": self.manifest["stages"]["attributes"]["test_accuracy"]}
-        metrics["simulator"] = evaluate_simulator(SimulatorModel.load(self.out_dir), held_out, assistant.features,
-                                                  pairs=evaluation.simulator_pairs, seed=evaluation.seed)
-        metrics["simulator"].pop("examples", None)
+        simulator = SimulatorModel.load(self.out_dir)
+        metrics["simulator"] = {decoding: evaluate_simulator(simulator, held_out, assistant.features,
+                                                             pairs=evaluation.simulator_pairs, seed=evaluation.seed,
+                                                             decoding=decoding)
+                                for decoding in dict.fromkeys([self.config.users.simulator_decoding, "greedy"])}
+        for result in metrics["simulator"].values():
+            result.pop("examples", None)
         metrics["dialogs"] = {user: assistant.evaluate(user, turns=evaluation.turns, targets=evaluation.targets,
                                                        seed=evaluation.seed) for user in evaluation.users}
         atomic_write_text(self.out_dir / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
