@@ -141,15 +141,18 @@ def demo_model_dir(catalog_source: str) -> Path:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Train the demo model on first use (a few minutes, with progress), then serve the app."""
-    from assistant.pipeline import train
+    """Train the demo model on first use (a few minutes, with progress), then serve the app.
+
+    The first run trains every stage but the held-out evaluation (`train --config demo` runs that too).
+    """
+    from assistant.pipeline import MANIFEST_FILE, train
 
     source = f"demo:{args.items}" if args.items else "demo"
     model_dir = demo_model_dir(source)
-    if not (model_dir / "stages.json").exists() or "metrics" not in json.loads(
-            (model_dir / "stages.json").read_text(encoding="utf-8"))["stages"]:
+    manifest = model_dir / MANIFEST_FILE
+    if not manifest.exists() or "retriever" not in json.loads(manifest.read_text(encoding="utf-8"))["stages"]:
         print(f"First run: training the demo model into {model_dir} (a few minutes on 2 cores) ...", flush=True)
-        train(source, "demo", model_dir, resume=True)
+        train(source, "demo", model_dir, resume=True, stages=STAGES[:-1])
     if args.no_serve:
         print(f"demo model ready in {model_dir}")
         return 0
