@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.multiprocessing as mp
 
 from assistant.backbone import BackboneConfig, create_backbone
 from assistant.catalog import Catalog, load_catalog
@@ -33,20 +31,9 @@ from retriever.text import FeedbackTextEncoder
 from retriever.train import RETRIEVER_FILE, TRAIN_LOG_FILE, RetrieverConfig, train_retriever
 from simulator.template_user import TemplateUser
 
-REPO = Path(__file__).resolve().parent.parent
 TINY = {"width": 32, "layers": 1, "heads": 2, "feedforward": 64, "dropout": 0.0, "text_mode": "static",
         "turns": 3, "dialogs_per_epoch": 64, "batch_size": 32, "random_negatives": 64, "hard_negatives": 4,
         "random_shown_epochs": 0, "warmup_steps": 2, "progress": False}
-WORKER = """
-import json, sys
-from assistant.catalog import load_catalog
-from assistant.features import ItemFeatures
-from retriever.train import RetrieverConfig, train_retriever
-from simulator.template_user import TemplateUser
-catalog = load_catalog("demo:300")
-config = RetrieverConfig(**json.loads(sys.argv[2]))
-train_retriever(catalog, ItemFeatures.load(sys.argv[1]), TemplateUser(catalog, seed=1), config, sys.argv[3])
-"""
 
 
 @pytest.fixture(scope="module")
@@ -157,31 +144,32 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _worker(tmp_path: Path, features: ItemFeatures, config: dict, out: Path, processes: int) -> subprocess.Popen:
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER)
-    feature_file = tmp_path / "features.safetensors"
-    if not feature_file.exists():
-        features.save(feature_file)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, str(script), str(feature_file), json.dumps(config), str(out)]
-    if processes > 1:
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-                   "--master_addr", "127.0.0.1", "--master_port", str(_free_port())] + command[1:]
-    return subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+def _train_worker(rank: int, world: int, port: int, catalog: Catalog, features: ItemFeatures, config: dict,
+                  out: str) -> None:
+    """One training process; with world > 1 it gets the environment torchrun gives each rank."""
+    if world > 1:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                          LOCAL_RANK=str(rank))
+    train_retriever(catalog, features, TemplateUser(catalog, seed=1), RetrieverConfig(**config), Path(out))
 
 
 def _losses(out: Path) -> list[float]:
     return [loss for epoch in json.loads((out / TRAIN_LOG_FILE).read_text()) for loss in epoch["losses"]]
 
 
-def test_two_processes_follow_the_one_process_loss(tmp_path: Path, features: ItemFeatures) -> None:
+# Worker processes are forked from this one: they start at once, where spawned or torchrun-launched ones
+# would each spend seconds importing torch again.
+FORK = mp.get_context("fork")
+
+
+def test_two_processes_follow_the_one_process_loss(tmp_path: Path, demo: Catalog, features: ItemFeatures) -> None:
     config = {**TINY, "epochs": 2, "threads": 1}
-    runs = {n: _worker(tmp_path, features, config, tmp_path / f"world{n}", n) for n in (1, 2)}
-    for run in runs.values():
-        output = run.communicate(timeout=300)[0].decode()
-        assert run.returncode == 0, output[-3000:]
+    single = FORK.Process(target=_train_worker, args=(0, 1, 0, demo, features, config, str(tmp_path / "world1")))
+    single.start()
+    mp.start_processes(_train_worker, args=(2, _free_port(), demo, features, config, str(tmp_path / "world2")),
+                       nprocs=2, start_method="fork")
+    single.join(timeout=300)
+    assert single.exitcode == 0
     one, two = _losses(tmp_path / "world1"), _losses(tmp_path / "world2")
     assert len(one) == len(two) == 4
     assert np.allclose(one, two, rtol=2e-3), (one, two)
@@ -190,12 +178,13 @@ def test_two_processes_follow_the_one_process_loss(tmp_path: Path, features: Ite
 def test_a_killed_run_resumes_where_it_stopped(tmp_path: Path, demo: Catalog, features: ItemFeatures) -> None:
     config = {**TINY, "epochs": 3, "threads": 1, "dialogs_per_epoch": 96}
     killed = tmp_path / "killed"
-    run = _worker(tmp_path, features, config, killed, 1)
+    run = FORK.Process(target=_train_worker, args=(0, 1, 0, demo, features, config, str(killed)))
+    run.start()
     deadline = time.time() + 240
-    while not (killed / TRAIN_LOG_FILE).exists() and run.poll() is None and time.time() < deadline:
+    while not (killed / TRAIN_LOG_FILE).exists() and run.is_alive() and time.time() < deadline:
         time.sleep(0.02)
-    os.killpg(run.pid, signal.SIGKILL)
-    run.wait()
+    run.kill()  # SIGKILL
+    run.join()
     epochs_done = len(json.loads((killed / TRAIN_LOG_FILE).read_text()))
     assert epochs_done < 3 and not (killed / RETRIEVER_FILE).exists()
     resumed = train_retriever(demo, features, TemplateUser(demo, seed=1), RetrieverConfig(**config), killed)
