@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -16,8 +15,6 @@ import pytest
 from assistant.backbone import Backbone, BackboneConfig, create_backbone, item_text
 from assistant.catalog import Catalog, Item, load_generic
 from assistant.features import FeatureCacheError, ItemFeatures, compute_features, features_path
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -97,14 +94,10 @@ def test_unreadable_image_gets_a_zero_vector_and_is_reported(backbone: Backbone,
     assert np.allclose(np.linalg.norm(features.image[[0, 1, 3, 4, 5]], axis=1), 1.0, atol=1e-5)
 
 
-BUILD_SCRIPT = """
-import sys
-from assistant.backbone import BackboneConfig, create_backbone
-from assistant.catalog import load_generic
-from assistant.features import compute_features
-print("building", flush=True)
-compute_features(create_backbone(BackboneConfig(fuse_text=0.25)), load_generic(sys.argv[1]), batch_size=32)
-"""
+def _build_features(backbone: Backbone, catalog: Catalog, progress_fd: int) -> None:
+    """The feature build in a forked process, its progress bar written to `progress_fd`."""
+    sys.stderr = os.fdopen(progress_fd, "w", buffering=1)
+    compute_features(backbone, catalog, batch_size=32)
 
 
 def test_killed_build_leaves_nothing_half_written(backbone: Backbone, real_catalog: Catalog, tmp_path: Path) -> None:
@@ -115,18 +108,22 @@ def test_killed_build_leaves_nothing_half_written(backbone: Backbone, real_catal
     catalog_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
     catalog = load_generic(catalog_file)
     path = features_path(backbone, catalog)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen([sys.executable, "-c", BUILD_SCRIPT, str(catalog_file)], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert process.stdout.readline().strip() == "building", process.stderr.read()[-2000:]
+    # a forked process (no second import of torch and open_clip), SIGKILLed midway through the images
+    progress_fd, child_fd = os.pipe()
+    process = multiprocessing.get_context("fork").Process(target=_build_features, args=(backbone, catalog, child_fd))
+    process.start()
+    os.close(child_fd)
     deadline = time.time() + 60
     progress = ""
-    while "image features:" not in progress and time.time() < deadline:  # killed midway through the images
-        progress += process.stderr.read(1)
-    time.sleep(0.3)
-    assert process.poll() is None
-    process.send_signal(signal.SIGKILL)
-    process.communicate()
+    with os.fdopen(progress_fd) as bar:
+        while "image features:" not in progress and time.time() < deadline:
+            read = bar.read(1)
+            assert read, f"the build ended before its progress bar showed ({process.exitcode})"
+            progress += read
+        time.sleep(0.3)
+        assert process.is_alive()
+        process.kill()
+        process.join()
     assert not path.exists()
     features = compute_features(backbone, catalog, progress=False)
     assert len(features) == 1000 and ItemFeatures.load(path).ids == catalog.ids
