@@ -38,9 +38,10 @@ def test_splits_are_stable_disjoint_and_roughly_80_10_10(real_catalog) -> None:
     assert split_of("1164") == split_of("1164")
 
 
-def _damaged_copy(fpi_root: Path, tmp_path: Path) -> tuple[Path, set[str]]:
+@pytest.fixture(scope="module")
+def damaged_copy(fpi_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, set[str]]:
     """A copy of the real catalog (images linked) with 3 corrupted JPEGs, 2 missing images, 1 malformed row."""
-    root = tmp_path / "fpi-damaged"
+    root = tmp_path_factory.mktemp("fpi-damaged")
     (root / "images").mkdir(parents=True)
     lines = (fpi_root / "styles.csv").read_text(encoding="utf-8").splitlines()
     ids = [line.split(",", 1)[0] for line in lines[1:]]
@@ -58,8 +59,8 @@ def _damaged_copy(fpi_root: Path, tmp_path: Path) -> tuple[Path, set[str]]:
     return root, set(victims)
 
 
-def test_damaged_copy_reports_exactly_the_six_bad_rows_and_keeps_the_rest(fpi_root: Path, tmp_path: Path) -> None:
-    root, victims = _damaged_copy(fpi_root, tmp_path)
+def test_damaged_copy_reports_exactly_the_six_bad_rows_and_keeps_the_rest(damaged_copy) -> None:
+    root, victims = damaged_copy
     catalog = load_catalog(root)
     assert len(catalog) == 34975 - 5
     assert len(catalog.report.skipped) == 6
@@ -145,8 +146,8 @@ def test_not_a_catalog_says_what_it_expected(tmp_path: Path) -> None:
         load_catalog(tmp_path / "nowhere")
 
 
-def test_cli_catalog_prints_summary_and_report(fpi_root: Path, tmp_path: Path, capsys) -> None:
-    root, _ = _damaged_copy(fpi_root, tmp_path)
+def test_cli_catalog_prints_summary_and_report(damaged_copy, tmp_path: Path, capsys) -> None:
+    root, _ = damaged_copy
     assert main(["catalog", str(root), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["items"] == 34970
