@@ -15,6 +15,7 @@ from assistant.features import ItemFeatures, compute_features
 from assistant.index import cached_index
 from assistant.pipeline import ATTRIBUTES_FILE, RETRIEVER_FILE, PipelineConfig
 from assistant.users import User, resolve_user
+from retriever.constraints import FeedbackConstraints
 from retriever.model import DialogRetriever, RetrieverRanker
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,8 @@ class Assistant:
         with open(model_dir / RETRIEVER_FILE, "rb") as weights:
             retriever_digest = hashlib.file_digest(weights, "sha256").hexdigest()[:16]
         self.index = cached_index(vectors, config.index, key=f"{retriever_digest}-{catalog.fingerprint}")
-        self.ranker = RetrieverRanker(retriever, self.items, vectors, self.index)
+        self.constraints = FeedbackConstraints(catalog, attributes) if config.retriever.feedback_constraints else None
+        self.ranker = RetrieverRanker(retriever, self.items, vectors, self.index, constraints=self.constraints)
         self._users: dict[str, User] = {}
 
     @classmethod
@@ -120,7 +122,8 @@ class Assistant:
                 "attribute_filter": AttributeFilterRanker(self.catalog, image, self.backbone),
                 "single_turn": SingleTurnRanker(image, self.backbone),
                 "no_attributes": RetrieverRanker(self.retriever, self.items, self.ranker.item_vectors,
-                                                 use_attributes=False)}
+                                                 use_attributes=False, constraints=self.constraints),
+                "retriever_only": RetrieverRanker(self.retriever, self.items, self.ranker.item_vectors)}
 
     def evaluate(self, user: str = "template", turns: int = 5, targets: int = 1000, seed: int = 0,
                  baselines: bool = True) -> dict[str, Any]:
@@ -128,6 +131,7 @@ class Assistant:
         from retriever.evaluate import evaluate
 
         systems = {"model": self.ranker, **(self.baselines() if baselines else {})}
-        notes = {"no_attributes": "the model's attribute tokens masked at inference (not retrained)"}
+        notes = {"no_attributes": "the model's attribute tokens masked at inference (not retrained)",
+                 "retriever_only": "the dialog retriever without the feedback's attribute constraints"}
         return evaluate(systems, self.catalog, self.user(user, seed=seed), turns=turns, targets=targets, seed=seed,
                         user_name=user, notes=notes)

@@ -10,7 +10,8 @@ from sklearn.feature_extraction.text import CountVectorizer
 
 from assistant.catalog import Catalog
 from assistant.dialog import DialogState, ScoreRanker, ShownImage
-from simulator.attribute_parser import STOP_WORDS, AttributeParser, ParsedFeedback, singular, tokenize
+from retriever.constraints import FeedbackConstraints, FeedbackReader
+from simulator.attribute_parser import STOP_WORDS, singular, tokenize
 
 TIE_BREAK = 1e-6  # a fixed, tiny per-item offset so equal scores rank in a seeded random order
 
@@ -33,34 +34,6 @@ class RandomRanker(ScoreRanker):
 
     def scores(self, states: Sequence[DialogState]) -> np.ndarray:
         return self.rng.random((len(states), self.size))
-
-
-class FeedbackReader:
-    """What a dialog's feedback says so far, read with an AttributeParser (later turns override earlier)."""
-
-    def __init__(self, catalog: Catalog) -> None:
-        self.parser = AttributeParser(catalog.vocabulary())
-        self._cache: dict[str, ParsedFeedback] = {}
-
-    def parse(self, text: str) -> ParsedFeedback:
-        if text not in self._cache:
-            self._cache[text] = self.parser.parse(text)
-        return self._cache[text]
-
-    def constraints(self, state: DialogState) -> tuple[dict[str, str], dict[str, set[str]]]:
-        """(asserted value per attribute, negated values per attribute) over the whole dialog."""
-        asserted: dict[str, str] = {}
-        negated: dict[str, set[str]] = {}
-        for turn in state.turns:
-            parsed = self.parse(turn.feedback)
-            for name, values in parsed.negated.items():
-                negated.setdefault(name, set()).update(values)
-                if asserted.get(name) in values:
-                    del asserted[name]
-            for name, value in parsed.asserted.items():
-                asserted[name] = value
-                negated.get(name, set()).discard(value)
-        return asserted, negated
 
 
 class KeywordRanker(ScoreRanker):
@@ -99,11 +72,9 @@ class AttributeFilterRanker(ScoreRanker):
     each group ordered by the backbone's text-image similarity to the feedback."""
 
     def __init__(self, catalog: Catalog, image_vectors: np.ndarray, backbone, seed: int = 0) -> None:
-        self.reader = FeedbackReader(catalog)
+        self.constraints = FeedbackConstraints(catalog)
         self.backbone = backbone
         self.image_vectors = np.asarray(image_vectors, dtype=np.float32)
-        self.names = catalog.attribute_names()
-        self.values = [[item.attributes.get(name) for item in catalog] for name in self.names]
         self.tie_break = _tie_break(len(catalog), seed)
         self._text_cache: dict[str, np.ndarray] = {}
 
@@ -116,15 +87,7 @@ class AttributeFilterRanker(ScoreRanker):
     def scores(self, states: Sequence[DialogState]) -> np.ndarray:
         texts = [" ".join(turn.feedback for turn in state.turns) or "item" for state in states]
         similarity = self._text_vectors(texts) @ self.image_vectors.T
-        mismatches = np.zeros_like(similarity)
-        for b, state in enumerate(states):
-            asserted, negated = self.reader.constraints(state)
-            for name, item_values in zip(self.names, self.values, strict=True):
-                if name in asserted or name in negated:
-                    wanted, unwanted = asserted.get(name), negated.get(name, set())
-                    mismatches[b] += np.fromiter(
-                        ((wanted is not None and v != wanted) or v in unwanted for v in item_values), dtype=bool)
-        return similarity - 10.0 * mismatches + self.tie_break
+        return self.constraints.apply(similarity, states) + self.tie_break
 
 
 class SingleTurnRanker(ScoreRanker):

@@ -14,6 +14,7 @@ from assistant.catalog import Catalog
 from assistant.dialog import DialogRun, Ranker, run_dialogs
 from assistant.storage import atomic_write, atomic_write_text
 from retriever.baselines import AttributeFilterRanker, KeywordRanker, RandomRanker, SingleTurnRanker
+from retriever.constraints import FeedbackConstraints
 from retriever.model import DialogRetriever, RetrieverRanker, features_for
 
 RECALL_AT = (1, 5, 10, 50)
@@ -52,7 +53,8 @@ class EvaluationConfig:
 def standard_systems(retriever: DialogRetriever, catalog: Catalog, features, backbone=None,
                      ablation: DialogRetriever | None = None, attributes=None, seed: int = 0
                      ) -> tuple[dict[str, Ranker], dict[str, str]]:
-    """The model and every baseline over `catalog` (features: the catalog's or a superset's), with notes.
+    """The model (the retriever under the feedback's attribute constraints, as the app ranks) and every baseline
+    over `catalog` (features: the catalog's or a superset's), with notes; `retriever_only` drops the constraints.
 
     `ablation` is a retriever trained without attribute tokens; without one, the no-attributes system is the
     model with its attribute tokens masked at inference. Baselines needing the backbone's text tower
@@ -60,20 +62,24 @@ def standard_systems(retriever: DialogRetriever, catalog: Catalog, features, bac
     """
     features = features_for(features, catalog)
     items = retriever.item_inputs(catalog, features, attributes)
-    systems: dict[str, Ranker] = {"model": RetrieverRanker(retriever, items)}
+    constraints = FeedbackConstraints(catalog, attributes)
+    systems: dict[str, Ranker] = {"model": RetrieverRanker(retriever, items, constraints=constraints)}
     if ablation is not None:
-        systems["no_attributes"] = RetrieverRanker(ablation, ablation.item_inputs(catalog, features, attributes))
+        systems["no_attributes"] = RetrieverRanker(ablation, ablation.item_inputs(catalog, features, attributes),
+                                                   constraints=constraints)
         note = "retriever trained without attribute tokens"
     else:
         systems["no_attributes"] = RetrieverRanker(retriever, items, systems["model"].item_vectors,
-                                                   use_attributes=False)
+                                                   use_attributes=False, constraints=constraints)
         note = "the model with the shown items' attribute tokens masked at inference"
+    systems["retriever_only"] = RetrieverRanker(retriever, items, systems["model"].item_vectors)
     systems["keyword"] = KeywordRanker(catalog, seed=seed)
     if backbone is not None:
         systems["attribute_filter"] = AttributeFilterRanker(catalog, features.image, backbone, seed=seed)
         systems["single_turn"] = SingleTurnRanker(features.image, backbone, seed=seed)
     systems["random"] = RandomRanker(len(catalog), seed=seed)
-    return systems, {"no_attributes": note}
+    return systems, {"no_attributes": note,
+                     "retriever_only": "the dialog retriever without the feedback's attribute constraints"}
 
 
 def turn_metrics(ranks: np.ndarray, catalog_size: int) -> dict[str, list[float]]:

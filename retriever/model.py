@@ -441,23 +441,29 @@ class DialogRetriever:
 
 class RetrieverRanker(ScoreRanker):
     """The retriever as a Ranker over one catalog: inner products of queries with the item vectors, through a
-    VectorIndex when one is given (fast top-k for one shopper)."""
+    VectorIndex when one is given (fast top-k for one shopper).
+
+    With `constraints` (retriever.constraints.FeedbackConstraints) items contradicting an attribute value the
+    feedback asked for or ruled out rank below every item that fits; the retriever orders each group.
+    """
 
     def __init__(self, retriever: DialogRetriever, items: ItemInputs, item_vectors: np.ndarray | None = None,
-                 index=None, use_attributes: bool = True) -> None:
+                 index=None, use_attributes: bool = True, constraints=None) -> None:
         self.retriever = retriever
         self.items = items
         self.item_vectors = item_vectors if item_vectors is not None else retriever.item_vectors(items)
         self.index = index
         self.use_attributes = use_attributes
+        self.constraints = constraints
 
     def queries(self, states: Sequence[DialogState]) -> np.ndarray:
         return self.retriever.query_vectors(states, self.items, self.use_attributes)
 
     def scores(self, states: Sequence[DialogState]) -> np.ndarray:
-        return self.queries(states) @ self.item_vectors.T
+        scores = self.queries(states) @ self.item_vectors.T
+        return self.constraints.apply(scores, states) if self.constraints is not None else scores
 
     def rank(self, states: Sequence[DialogState], k: int, exclude: Sequence[set[int]]) -> np.ndarray:
-        if self.index is None:
+        if self.index is None or self.constraints is not None:  # constraints re-score every item
             return super().rank(states, k, exclude)
         return self.index.search(self.queries(states), k, exclude)[1]

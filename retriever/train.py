@@ -33,7 +33,7 @@ TRAIN_STATE_FILE = "retriever-train-state.safetensors"
 TRAIN_LOG_FILE = "retriever-train-log.json"
 STATE_FORMAT = "fashion-assistant-retriever-train-state/1"
 # Settings that do not change what a run computes: a run may resume when only these differ.
-RUN_INDEPENDENT = ("device", "threads", "progress")
+RUN_INDEPENDENT = ("device", "threads", "progress", "feedback_constraints")
 
 
 @dataclass
@@ -49,6 +49,9 @@ class RetrieverConfig:
     text_mode: str = "static"  # static (MiniLM wordpiece vectors) or contextual (+ frozen MiniLM token outputs)
     item_space: str = "learned"  # learned item tower, or "backbone" (queries in ItemFeatures.item space)
     use_attributes: bool = True  # False trains the no-attributes ablation
+    # At inference, items contradicting attribute values the feedback asked for (or ruled out) rank below the
+    # rest; the retriever orders each group. Training rollouts always rank with the retriever alone.
+    feedback_constraints: bool = True
     turns: int = 5  # turns per simulated dialog
     epochs: int = 8
     dialogs_per_epoch: int = 4096
