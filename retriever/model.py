@@ -464,6 +464,8 @@ class RetrieverRanker(ScoreRanker):
         return self.constraints.apply(scores, states) if self.constraints is not None else scores
 
     def rank(self, states: Sequence[DialogState], k: int, exclude: Sequence[set[int]]) -> np.ndarray:
-        if self.index is None or self.constraints is not None:  # constraints re-score every item
+        constrained = self.constraints is not None and any(any(self.constraints.reader.constraints(state))
+                                                           for state in states)
+        if self.index is None or constrained:  # constraints re-score every item
             return super().rank(states, k, exclude)
         return self.index.search(self.queries(states), k, exclude)[1]
