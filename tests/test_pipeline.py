@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
-import multiprocessing
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-from assistant.cli import main
 from assistant.config import STAGES
 from assistant.pipeline import MANIFEST_FILE, METRICS_FILE, PLOT_FILE, train
 from retriever.train import RETRIEVER_FILE, TRAIN_LOG_FILE
@@ -38,18 +40,17 @@ def test_a_run_killed_in_the_retriever_stage_resumes_without_repeating_finished_
     finished = {name: (model_dir / name).stat().st_mtime_ns
                 for name in ("backbone.safetensors", "attributes.safetensors", "simulator.safetensors")}
 
-    argv = ["train", "--config", str(TINY_CONFIG), "--catalog", "demo:300", "--out", str(model_dir),
-            "--resume", "retriever"]
-    # the command line's entry point in a forked process: no second import of torch, transformers and faiss
-    process = multiprocessing.get_context("fork").Process(target=main, args=(argv,))
-    process.start()
+    command = [sys.executable, "-m", "assistant", "train", "--config", str(TINY_CONFIG), "--catalog", "demo:300",
+               "--out", str(model_dir), "--resume", "retriever"]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**os.environ, "PYTHONPATH": str(REPO)})
     deadline = time.monotonic() + 120
     while not (model_dir / TRAIN_LOG_FILE).exists():  # the first retriever epoch is done: kill it mid-stage
-        assert process.is_alive(), "the resumed run ended before its first retriever epoch"
+        assert process.poll() is None, "the resumed run ended before its first retriever epoch"
         assert time.monotonic() < deadline, "no retriever epoch within 2 minutes"
         time.sleep(0.05)
-    process.kill()  # SIGKILL
-    process.join()
+    process.send_signal(signal.SIGKILL)
+    process.wait()
     assert "retriever" not in _manifest(model_dir)["stages"]
     before_kill = json.loads((model_dir / TRAIN_LOG_FILE).read_text(encoding="utf-8"))
 
