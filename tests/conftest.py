@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -39,6 +41,30 @@ def real_catalog(fpi_root: Path):
     from assistant.catalog import load_catalog
 
     return load_catalog(fpi_root)
+
+
+def _on_one_thread(target: Callable, args: tuple, kwargs: dict) -> None:
+    import torch
+
+    # First, before any torch op: with one thread torch never enters an OpenMP parallel region, and a forked
+    # child that did would wait forever at a barrier for the parent's OpenMP worker threads (fork copies none).
+    torch.set_num_threads(1)
+    target(*args, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def forked() -> Callable[..., multiprocessing.Process]:
+    """forked(target, *args, **kwargs): target run in a started fork of this process, on one torch thread.
+
+    A fork starts at once with everything already imported, where a fresh interpreter spends seconds importing
+    torch, transformers and open_clip again; the tests that kill a run midway use it.
+    """
+    def start(target: Callable, *args, **kwargs) -> multiprocessing.Process:
+        process = multiprocessing.get_context("fork").Process(target=_on_one_thread, args=(target, args, kwargs))
+        process.start()
+        return process
+
+    return start
 
 
 TINY_CONFIG = REPO / "tests" / "tiny.yaml"

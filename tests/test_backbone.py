@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import random
 import time
@@ -265,13 +264,11 @@ def small_jsonl_catalog(real_catalog: Catalog, folder: Path, n: int) -> Path:
 RESUME_CONFIG = BackboneConfig(epochs=4, image_size=[32, 24], batch_size=32, warmup_steps=5)
 
 
-def test_killed_training_resumes_after_last_finished_epoch(real_catalog: Catalog, tmp_path: Path) -> None:
+def test_killed_training_resumes_after_last_finished_epoch(real_catalog: Catalog, tmp_path: Path, forked) -> None:
     catalog_file = small_jsonl_catalog(real_catalog, tmp_path / "shop", 160)
     out_dir = tmp_path / "run"
     # a forked process (no second import of torch and open_clip), SIGKILLed once it has checkpointed an epoch
-    process = multiprocessing.get_context("fork").Process(
-        target=train_backbone, args=(load_generic(catalog_file), RESUME_CONFIG, out_dir), kwargs={"progress": False})
-    process.start()
+    process = forked(train_backbone, load_generic(catalog_file), RESUME_CONFIG, out_dir, progress=False)
     deadline = time.time() + 120
     while not (out_dir / TRAIN_STATE_FILE).exists() and process.is_alive() and time.time() < deadline:
         time.sleep(0.05)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import sys
 import time
@@ -100,7 +99,8 @@ def _build_features(backbone: Backbone, catalog: Catalog, progress_fd: int) -> N
     compute_features(backbone, catalog, batch_size=32)
 
 
-def test_killed_build_leaves_nothing_half_written(backbone: Backbone, real_catalog: Catalog, tmp_path: Path) -> None:
+def test_killed_build_leaves_nothing_half_written(backbone: Backbone, real_catalog: Catalog, tmp_path: Path,
+                                                  forked) -> None:
     lines = [json.dumps({"id": item.id, "image": os.path.relpath(item.image_path, tmp_path), "title": item.title,
                          "category": item.category, "attributes": item.attributes})
              for item in real_catalog.items[:1000]]
@@ -110,8 +110,7 @@ def test_killed_build_leaves_nothing_half_written(backbone: Backbone, real_catal
     path = features_path(backbone, catalog)
     # a forked process (no second import of torch and open_clip), SIGKILLed midway through the images
     progress_fd, child_fd = os.pipe()
-    process = multiprocessing.get_context("fork").Process(target=_build_features, args=(backbone, catalog, child_fd))
-    process.start()
+    process = forked(_build_features, backbone, catalog, child_fd)
     os.close(child_fd)
     deadline = time.time() + 60
     progress = ""

@@ -150,6 +150,7 @@ def _free_port() -> int:
 def _train_worker(rank: int, world: int, port: int, catalog: Catalog, features: ItemFeatures, config: dict,
                   out: str) -> None:
     """One training process; with world > 1 it gets the environment torchrun gives each rank."""
+    torch.set_num_threads(1)  # a forked process must not enter OpenMP parallel regions (see conftest.forked)
     if world > 1:
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                           LOCAL_RANK=str(rank))
@@ -160,15 +161,11 @@ def _losses(out: Path) -> list[float]:
     return [loss for epoch in json.loads((out / TRAIN_LOG_FILE).read_text()) for loss in epoch["losses"]]
 
 
-# Worker processes are forked from this one: they start at once, where spawned or torchrun-launched ones
-# would each spend seconds importing torch again.
-FORK = mp.get_context("fork")
-
-
-def test_two_processes_follow_the_one_process_loss(tmp_path: Path, demo: Catalog, features: ItemFeatures) -> None:
+def test_two_processes_follow_the_one_process_loss(tmp_path: Path, demo: Catalog, features: ItemFeatures,
+                                                  forked) -> None:
     config = {**TINY, "epochs": 2, "threads": 1}
-    single = FORK.Process(target=_train_worker, args=(0, 1, 0, demo, features, config, str(tmp_path / "world1")))
-    single.start()
+    # forked processes start at once, where torchrun-launched ones would each spend seconds importing torch again
+    single = forked(_train_worker, 0, 1, 0, demo, features, config, str(tmp_path / "world1"))
     mp.start_processes(_train_worker, args=(2, _free_port(), demo, features, config, str(tmp_path / "world2")),
                        nprocs=2, start_method="fork")
     single.join(timeout=300)
@@ -178,11 +175,11 @@ def test_two_processes_follow_the_one_process_loss(tmp_path: Path, demo: Catalog
     assert np.allclose(one, two, rtol=2e-3), (one, two)
 
 
-def test_a_killed_run_resumes_where_it_stopped(tmp_path: Path, demo: Catalog, features: ItemFeatures) -> None:
+def test_a_killed_run_resumes_where_it_stopped(tmp_path: Path, demo: Catalog, features: ItemFeatures,
+                                               forked) -> None:
     config = {**TINY, "epochs": 3, "threads": 1, "dialogs_per_epoch": 96}
     killed = tmp_path / "killed"
-    run = FORK.Process(target=_train_worker, args=(0, 1, 0, demo, features, config, str(killed)))
-    run.start()
+    run = forked(_train_worker, 0, 1, 0, demo, features, config, str(killed))
     deadline = time.time() + 240
     while not (killed / TRAIN_LOG_FILE).exists() and run.is_alive() and time.time() < deadline:
         time.sleep(0.02)

@@ -148,13 +148,12 @@ def test_checkpoint_loads_in_a_fresh_process_with_identical_greedy_captions(
 
 
 def test_training_resumes_from_the_checkpoint_of_a_killed_run(
-        demo: Catalog, demo_features: ItemFeatures, tmp_path: Path) -> None:
+        demo: Catalog, demo_features: ItemFeatures, tmp_path: Path, forked) -> None:
     uninterrupted = train_simulator(demo, demo_features, MICRO, tmp_path / "whole")
     out = tmp_path / "killed"
     # the same run in a forked process (no second import of torch and transformers), SIGKILLed once it has
     # written its first checkpoint
-    child = mp.get_context("fork").Process(target=train_simulator, args=(demo, demo_features, MICRO, out))
-    child.start()
+    child = forked(train_simulator, demo, demo_features, MICRO, out)
     deadline = time.monotonic() + 300
     while not (out / RESUME_FILE).exists() and child.is_alive() and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -176,6 +175,7 @@ def test_training_resumes_from_the_checkpoint_of_a_killed_run(
 
 def _ddp_worker(rank: int, world: int, port: int, catalog: Catalog, features: ItemFeatures,
                 config: SimulatorConfig, out: str) -> None:
+    torch.set_num_threads(1)  # a forked process must not enter OpenMP parallel regions (see conftest.forked)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     train_simulator(catalog, features, config, out, resume=False)
