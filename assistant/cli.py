@@ -72,7 +72,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from assistant.api import Assistant
     from retriever.evaluate import plot, save_result
 
-    assistant = Assistant.load(args.model, args.catalog)
+    assistant = Assistant.load(args.model, _catalog_split(args))
     result = assistant.evaluate(args.user, turns=args.turns, targets=args.targets, seed=args.seed)
     for name, metrics in result["systems"].items():
         print(f"{name:>16}: recall@10 " + " ".join(f"{v:.3f}" for v in metrics["recall@10"])
@@ -91,7 +91,7 @@ def cmd_evaluate_simulator(args: argparse.Namespace) -> int:
     from simulator.captioner import SimulatorModel
     from simulator.metrics import evaluate_simulator
 
-    catalog = load_catalog(args.catalog)
+    catalog = _catalog_split(args)
     features = compute_features(Backbone.load(Path(args.model) / BACKBONE_FILE), catalog)
     decoding = args.decoding or PipelineConfig.load(Path(args.model) / CONFIG_FILE).users.simulator_decoding
     result = evaluate_simulator(SimulatorModel.load(args.model), catalog, features, pairs=args.pairs, seed=args.seed,
@@ -185,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="per-turn recall/success of the model and the baselines")
     _model_and_catalog(evaluate)
+    _split_option(evaluate)
     evaluate.add_argument("--user", default="template", help="template | simulator | package.module:function")
     evaluate.add_argument("--turns", type=int, default=5)
     evaluate.add_argument("--targets", type=int, default=1000)
@@ -195,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     simulator = commands.add_parser("evaluate-simulator", help="caption quality and faithfulness of the simulator")
     _model_and_catalog(simulator)
+    _split_option(simulator)
     simulator.add_argument("--pairs", type=int, default=1000)
     simulator.add_argument("--seed", type=int, default=0)
     simulator.add_argument("--decoding", choices=["greedy", "beam", "sample"],
@@ -228,6 +230,16 @@ def build_parser() -> argparse.ArgumentParser:
 def _model_and_catalog(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, type=Path, help="a trained model directory")
     parser.add_argument("--catalog", default="demo", help="catalog folder/file or 'demo' (default demo)")
+
+
+def _split_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--split", choices=["train", "val", "test"],
+                        help="use only this split of the catalog (e.g. test: items held out from training)")
+
+
+def _catalog_split(args: argparse.Namespace):
+    catalog = load_catalog(args.catalog)
+    return catalog.split(args.split) if args.split else catalog
 
 
 def _server_options(parser: argparse.ArgumentParser) -> None:
