@@ -15,6 +15,7 @@ from assistant.features import ItemFeatures, compute_features
 from assistant.index import cached_index
 from assistant.pipeline import ATTRIBUTES_FILE, RETRIEVER_FILE, PipelineConfig
 from assistant.users import User, resolve_user
+from retriever.baselines import KeywordRanker
 from retriever.constraints import FeedbackConstraints
 from retriever.model import DialogRetriever, RetrieverRanker
 
@@ -42,7 +43,10 @@ class Assistant:
             retriever_digest = hashlib.file_digest(weights, "sha256").hexdigest()[:16]
         self.index = cached_index(vectors, config.index, key=f"{retriever_digest}-{catalog.fingerprint}")
         self.constraints = FeedbackConstraints(catalog, attributes) if config.retriever.feedback_constraints else None
-        self.ranker = RetrieverRanker(retriever, self.items, vectors, self.index, constraints=self.constraints)
+        lexical_weight = config.retriever.lexical_weight
+        self.keyword = KeywordRanker(catalog) if lexical_weight > 0 else None
+        self.ranker = RetrieverRanker(retriever, self.items, vectors, self.index, constraints=self.constraints,
+                                      lexical=self.keyword, lexical_weight=lexical_weight)
         self._users: dict[str, User] = {}
 
     @classmethod
@@ -115,15 +119,26 @@ class Assistant:
 
     def baselines(self) -> dict[str, Any]:
         """The evaluation's baseline rankers over this catalog, each a Ranker through the same Dialog loop."""
-        from retriever.baselines import AttributeFilterRanker, KeywordRanker, RandomRanker, SingleTurnRanker
+        from retriever.baselines import AttributeFilterRanker, RandomRanker, SingleTurnRanker
 
         image = self.features.image
-        return {"random": RandomRanker(len(self.catalog)), "keyword": KeywordRanker(self.catalog),
+        return {"random": RandomRanker(len(self.catalog)), "keyword": self.keyword or KeywordRanker(self.catalog),
                 "attribute_filter": AttributeFilterRanker(self.catalog, image, self.backbone),
                 "single_turn": SingleTurnRanker(image, self.backbone),
                 "no_attributes": RetrieverRanker(self.retriever, self.items, self.ranker.item_vectors,
-                                                 use_attributes=False, constraints=self.constraints),
+                                                 use_attributes=False, constraints=self.constraints,
+                                                 lexical=self.keyword, lexical_weight=self.ranker.lexical_weight),
                 "retriever_only": RetrieverRanker(self.retriever, self.items, self.ranker.item_vectors)}
+
+    @property
+    def ranking(self) -> str:
+        """How this assistant ranks, in words (for evaluation notes)."""
+        parts = ["dialog retriever"]
+        if self.constraints is not None:
+            parts.append("the feedback's attribute constraints")
+        if self.keyword is not None:
+            parts.append(f"{self.ranker.lexical_weight} x BM25")
+        return " + ".join(parts)
 
     def evaluate(self, user: str = "template", turns: int = 5, targets: int = 1000, seed: int = 0,
                  baselines: bool = True) -> dict[str, Any]:
@@ -131,7 +146,8 @@ class Assistant:
         from retriever.evaluate import evaluate
 
         systems = {"model": self.ranker, **(self.baselines() if baselines else {})}
-        notes = {"no_attributes": "the model's attribute tokens masked at inference (not retrained)",
+        notes = {"model": self.ranking,
+                 "no_attributes": "the model's attribute tokens masked at inference (not retrained)",
                  "retriever_only": "the dialog retriever without the feedback's attribute constraints"}
         return evaluate(systems, self.catalog, self.user(user, seed=seed), turns=turns, targets=targets, seed=seed,
                         user_name=user, notes=notes)

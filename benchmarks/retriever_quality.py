@@ -87,7 +87,8 @@ def main() -> None:
     if args.ablation:
         plain = dataclasses.replace(config, use_attributes=False)
         ablation = train_retriever(train, train_features, user, plain, args.out_dir / "no-attributes")
-    systems, notes = standard_systems(retriever, test, features, backbone, ablation, seed=args.seed)
+    systems, notes = standard_systems(retriever, test, features, backbone, ablation, seed=args.seed,
+                                      lexical_weight=config.lexical_weight)
     started = time.time()
     result = evaluate(systems, test, TemplateUser(test, seed=args.seed + 2), args.turns, args.targets, args.seed,
                       user_name="template", notes=notes)

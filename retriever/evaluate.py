@@ -51,10 +51,11 @@ class EvaluationConfig:
 
 
 def standard_systems(retriever: DialogRetriever, catalog: Catalog, features, backbone=None,
-                     ablation: DialogRetriever | None = None, attributes=None, seed: int = 0
-                     ) -> tuple[dict[str, Ranker], dict[str, str]]:
-    """The model (the retriever under the feedback's attribute constraints, as the app ranks) and every baseline
-    over `catalog` (features: the catalog's or a superset's), with notes; `retriever_only` drops the constraints.
+                     ablation: DialogRetriever | None = None, attributes=None, seed: int = 0,
+                     lexical_weight: float = 0.0) -> tuple[dict[str, Ranker], dict[str, str]]:
+    """The model (the retriever under the feedback's attribute constraints, plus `lexical_weight` x BM25: as the app
+    ranks) and every baseline over `catalog` (features: the catalog's or a superset's), with notes;
+    `retriever_only` is the retriever alone.
 
     `ablation` is a retriever trained without attribute tokens; without one, the no-attributes system is the
     model with its attribute tokens masked at inference. Baselines needing the backbone's text tower
@@ -63,17 +64,21 @@ def standard_systems(retriever: DialogRetriever, catalog: Catalog, features, bac
     features = features_for(features, catalog)
     items = retriever.item_inputs(catalog, features, attributes)
     constraints = FeedbackConstraints(catalog, attributes)
-    systems: dict[str, Ranker] = {"model": RetrieverRanker(retriever, items, constraints=constraints)}
+    keyword = KeywordRanker(catalog, seed=seed)
+    systems: dict[str, Ranker] = {"model": RetrieverRanker(retriever, items, constraints=constraints, lexical=keyword,
+                                                           lexical_weight=lexical_weight)}
     if ablation is not None:
         systems["no_attributes"] = RetrieverRanker(ablation, ablation.item_inputs(catalog, features, attributes),
-                                                   constraints=constraints)
+                                                   constraints=constraints, lexical=keyword,
+                                                   lexical_weight=lexical_weight)
         note = "retriever trained without attribute tokens"
     else:
         systems["no_attributes"] = RetrieverRanker(retriever, items, systems["model"].item_vectors,
-                                                   use_attributes=False, constraints=constraints)
+                                                   use_attributes=False, constraints=constraints, lexical=keyword,
+                                                   lexical_weight=lexical_weight)
         note = "the model with the shown items' attribute tokens masked at inference"
     systems["retriever_only"] = RetrieverRanker(retriever, items, systems["model"].item_vectors)
-    systems["keyword"] = KeywordRanker(catalog, seed=seed)
+    systems["keyword"] = keyword
     if backbone is not None:
         systems["attribute_filter"] = AttributeFilterRanker(catalog, features.image, backbone, seed=seed)
         systems["single_turn"] = SingleTurnRanker(features.image, backbone, seed=seed)

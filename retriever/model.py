@@ -444,28 +444,35 @@ class RetrieverRanker(ScoreRanker):
     VectorIndex when one is given (fast top-k for one shopper).
 
     With `constraints` (retriever.constraints.FeedbackConstraints) items contradicting an attribute value the
-    feedback asked for or ruled out rank below every item that fits; the retriever orders each group.
+    feedback asked for or ruled out rank below every item that fits; the retriever orders each group. With
+    `lexical` (a keyword ranker, e.g. BM25 over titles) `lexical_weight` times its score is added: hybrid search,
+    so that a brand or product word the shopper types counts as exactly as a search box counts it.
     """
 
     def __init__(self, retriever: DialogRetriever, items: ItemInputs, item_vectors: np.ndarray | None = None,
-                 index=None, use_attributes: bool = True, constraints=None) -> None:
+                 index=None, use_attributes: bool = True, constraints=None, lexical=None,
+                 lexical_weight: float = 0.0) -> None:
         self.retriever = retriever
         self.items = items
         self.item_vectors = item_vectors if item_vectors is not None else retriever.item_vectors(items)
         self.index = index
         self.use_attributes = use_attributes
         self.constraints = constraints
+        self.lexical = lexical if lexical_weight > 0 else None
+        self.lexical_weight = lexical_weight
 
     def queries(self, states: Sequence[DialogState]) -> np.ndarray:
         return self.retriever.query_vectors(states, self.items, self.use_attributes)
 
     def scores(self, states: Sequence[DialogState]) -> np.ndarray:
         scores = self.queries(states) @ self.item_vectors.T
+        if self.lexical is not None:
+            scores = scores + self.lexical_weight * self.lexical.scores(states).astype(scores.dtype)
         return self.constraints.apply(scores, states) if self.constraints is not None else scores
 
     def rank(self, states: Sequence[DialogState], k: int, exclude: Sequence[set[int]]) -> np.ndarray:
         constrained = self.constraints is not None and any(any(self.constraints.reader.constraints(state))
                                                            for state in states)
-        if self.index is None or constrained:  # constraints re-score every item
+        if self.index is None or constrained or self.lexical is not None:  # these re-score every item
             return super().rank(states, k, exclude)
         return self.index.search(self.queries(states), k, exclude)[1]

@@ -33,7 +33,7 @@ TRAIN_STATE_FILE = "retriever-train-state.safetensors"
 TRAIN_LOG_FILE = "retriever-train-log.json"
 STATE_FORMAT = "fashion-assistant-retriever-train-state/1"
 # Settings that do not change what a run computes: a run may resume when only these differ.
-RUN_INDEPENDENT = ("device", "threads", "progress", "feedback_constraints")
+RUN_INDEPENDENT = ("device", "threads", "progress", "feedback_constraints", "lexical_weight")
 
 
 @dataclass
@@ -52,6 +52,9 @@ class RetrieverConfig:
     # At inference, items contradicting attribute values the feedback asked for (or ruled out) rank below the
     # rest; the retriever orders each group. Training rollouts always rank with the retriever alone.
     feedback_constraints: bool = True
+    # At inference: + this x BM25 of the feedback's words over titles and labels (hybrid search; 0: off). 0.1 was
+    # best of 0-0.3 on the real catalog's validation split (success@10 at turn 1: 0.475 without, 0.648 with).
+    lexical_weight: float = 0.1
     turns: int = 5  # turns per simulated dialog
     epochs: int = 8
     dialogs_per_epoch: int = 4096

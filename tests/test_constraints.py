@@ -1,4 +1,4 @@
-"""Feedback constraints: items contradicting what the shopper asked for or ruled out rank below the rest."""
+"""Feedback constraints and hybrid search: items contradicting the feedback sink, its words count as in BM25."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import numpy as np
 
 from assistant.catalog import Catalog, Item
 from assistant.dialog import DialogState, Turn
+from retriever.baselines import KeywordRanker
 from retriever.constraints import PENALTY, FeedbackConstraints
+from retriever.model import RetrieverRanker
 
 
 def _catalog() -> Catalog:
@@ -46,3 +48,23 @@ def test_predicted_attributes_stand_in_for_missing_labels() -> None:
     rows[3]["baseColour"] = "Green"  # e.g. the attribute predictor's guess for an unlabelled item
     constraints = FeedbackConstraints(catalog, rows)
     np.testing.assert_array_equal(constraints.mismatches(_state("green")), [1, 0, 0, 0, 0])
+
+
+class _FlatRetriever(RetrieverRanker):
+    """A retriever that finds every item equally similar: what remains is the lexical term and the constraints."""
+
+    def queries(self, states):
+        return np.zeros((len(states), 4), dtype=np.float32)
+
+
+def test_hybrid_search_adds_bm25_of_the_feedback_words() -> None:
+    catalog = _catalog()
+    flat = np.zeros((len(catalog), 4), dtype=np.float32)
+    hybrid = _FlatRetriever(None, None, flat, lexical=KeywordRanker(catalog), lexical_weight=0.1,
+                            constraints=FeedbackConstraints(catalog))
+    plain = _FlatRetriever(None, None, flat)
+    state = _state("a kurta like the blue one")
+    assert int(np.argmax(hybrid.scores([state])[0])) == 3  # "Blue Kurta": both words match its title
+    assert not plain.scores([state]).any()
+    rows = hybrid.rank([state], k=2, exclude=[{3}])[0]
+    assert rows[0] == 2 and 3 not in rows  # the green kurta breaks one constraint, the shirts two; shown: never
