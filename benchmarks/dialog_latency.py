@@ -23,6 +23,7 @@ from assistant.dialog import Dialog, RankingContext
 from assistant.features import ItemFeatures
 from assistant.index import IndexConfig, VectorIndex, clustered_vectors
 from assistant.storage import atomic_write_text
+from retriever.baselines import KeywordRanker
 from retriever.constraints import FeedbackConstraints
 from retriever.model import DialogRetriever, RetrieverRanker
 from retriever.train import RetrieverConfig
@@ -73,8 +74,8 @@ def main() -> None:
     items = retriever.item_inputs(catalog, features)
     vectors = retriever.item_vectors(items)
     index = VectorIndex.build(vectors, IndexConfig())
-    rankers = {"constrained": RetrieverRanker(retriever, items, vectors, index,
-                                              constraints=FeedbackConstraints(catalog)),
+    rankers = {"app": RetrieverRanker(retriever, items, vectors, index, constraints=FeedbackConstraints(catalog),
+                                      lexical=KeywordRanker(catalog), lexical_weight=RetrieverConfig.lexical_weight),
                "index_only": RetrieverRanker(retriever, items, vectors, index)}
     user = TemplateUser(catalog, seed=args.seed)
     rng = np.random.default_rng(args.seed)
@@ -106,13 +107,14 @@ def main() -> None:
 
     result = {
         "catalog_size": len(catalog), "dialogs": args.dialogs, "turns": args.turns,
-        **summary(per_turn["constrained"]), "index_only": summary(per_turn["index_only"]),
+        **summary(per_turn["app"]), "index_only": summary(per_turn["index_only"]),
         "index": index.kind, "torch_threads": args.threads, "features": feature_source,
         "retriever": "trained" if args.retriever else "untrained (same shape, same cost)",
         "retriever_shape": {k: v for k, v in dataclasses.asdict(retriever.shape).items()
                             if k not in ("attribute_names", "attribute_values")},
         "note": "timed: Dialog.start / Dialog.reply (feedback text encoding, query, scoring, results); top level: "
-                "the app's ranker (retriever scores over every item under the feedback's attribute constraints); "
+                "the app's ranker (retriever scores over every item + 0.1 x BM25, under the feedback's attribute "
+                "constraints); "
                 "index_only: the retriever through the faiss index without constraints; not timed: the template "
                 "shopper's reply; no image is loaded",
     }
