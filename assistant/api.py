@@ -16,7 +16,7 @@ from assistant.index import cached_index
 from assistant.pipeline import ATTRIBUTES_FILE, RETRIEVER_FILE, PipelineConfig
 from assistant.users import User, resolve_user
 from retriever.baselines import KeywordRanker
-from retriever.constraints import FeedbackConstraints
+from retriever.constraints import FeedbackConstraints, FeedbackReader
 from retriever.model import DialogRetriever, RetrieverRanker
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ class Assistant:
             retriever_digest = hashlib.file_digest(weights, "sha256").hexdigest()[:16]
         self.index = cached_index(vectors, config.index, key=f"{retriever_digest}-{catalog.fingerprint}")
         self.constraints = FeedbackConstraints(catalog, attributes) if config.retriever.feedback_constraints else None
+        self.reader = self.constraints.reader if self.constraints is not None else FeedbackReader(catalog)
         lexical_weight = config.retriever.lexical_weight
         self.keyword = KeywordRanker(catalog) if lexical_weight > 0 else None
         self.ranker = RetrieverRanker(retriever, self.items, vectors, self.index, constraints=self.constraints,
@@ -100,22 +101,7 @@ class Assistant:
 
     def understood(self, dialog: Dialog) -> dict[str, str]:
         """The attribute values the shopper has asked for so far (later turns override earlier, negations remove)."""
-        parser = self._parser()
-        wanted: dict[str, str] = {}
-        for turn in dialog.turns:
-            parsed = parser.parse(turn.feedback)
-            for name, values in parsed.negated.items():
-                if wanted.get(name) in values:
-                    del wanted[name]
-            wanted.update(parsed.asserted)
-        return wanted
-
-    def _parser(self):
-        if not hasattr(self, "_attribute_parser"):
-            from simulator.attribute_parser import AttributeParser
-
-            self._attribute_parser = AttributeParser(self.catalog.vocabulary())
-        return self._attribute_parser
+        return self.reader.constraints(dialog.state)[0]
 
     def baselines(self) -> dict[str, Any]:
         """The evaluation's baseline rankers over this catalog, each a Ranker through the same Dialog loop."""

@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import os
+import random
 import re
 import time
 from collections.abc import Iterator, Sequence
@@ -678,6 +679,15 @@ def train_backbone(catalog: Catalog, config: BackboneConfig, out_dir: str | os.P
     trained.save(final_path, extra={"run_key": run_key, "images_failed": json.dumps(sorted(failed))})
     state_path.unlink(missing_ok=True)
     return trained
+
+
+def shuffled_pairs(catalog: Catalog, seed: int = 0) -> Catalog:
+    """The same texts with other items' images: a control with no image-text signal."""
+    order = list(range(len(catalog)))
+    random.Random(seed).shuffle(order)
+    items = [Item(item.id, catalog.items[other].image_path, item.title, item.category, item.attributes)
+             for item, other in zip(catalog.items, order, strict=True)]
+    return Catalog(items, name=f"{catalog.name}:shuffled")
 
 
 def text_image_recall(backbone: Backbone, catalog: Catalog, ks: Sequence[int] = (1, 5, 10),

@@ -10,26 +10,16 @@ import argparse
 import dataclasses
 import json
 import os
-import random
 import time
 from pathlib import Path
 
 import torch
 
-from assistant.backbone import BackboneConfig, cpu_has_native_bf16, text_image_recall, train_backbone
-from assistant.catalog import Catalog, Item, load_catalog
+from assistant.backbone import BackboneConfig, cpu_has_native_bf16, shuffled_pairs, text_image_recall, train_backbone
+from assistant.catalog import load_catalog
 from assistant.storage import atomic_write_text, cache_dir
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared/data/fashion-product-images-small"
-
-
-def shuffled_pairs(catalog: Catalog, seed: int = 0) -> Catalog:
-    """The same texts with other items' images: no image-text signal left."""
-    order = list(range(len(catalog)))
-    random.Random(seed).shuffle(order)
-    items = [Item(item.id, catalog.items[other].image_path, item.title, item.category, item.attributes)
-             for item, other in zip(catalog.items, order, strict=True)]
-    return Catalog(items, name=f"{catalog.name}:shuffled")
 
 
 def main() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import time
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from assistant.backbone import (
     letterbox,
     pixel_cache_path,
     pixel_tensor,
+    shuffled_pairs,
     text_image_recall,
     train_backbone,
 )
@@ -43,15 +43,6 @@ FAST = {"image_size": [32, 24], "batch_size": 32, "warmup_steps": 10, "lr": 1e-3
 
 def solid(colour: tuple[int, int, int], size: tuple[int, int] = (60, 80)) -> Image.Image:
     return Image.new("RGB", size, colour)
-
-
-def shuffled_pairs(catalog: Catalog, seed: int = 0) -> Catalog:
-    """The same texts with other items' images: a control with no image-text signal."""
-    order = list(range(len(catalog)))
-    random.Random(seed).shuffle(order)
-    items = [Item(item.id, catalog.items[other].image_path, item.title, item.category, item.attributes)
-             for item, other in zip(catalog.items, order, strict=True)]
-    return Catalog(items, name=f"{catalog.name}:shuffled")
 
 
 def recall_at(backbone: Backbone, catalog: Catalog, k: int) -> float:
