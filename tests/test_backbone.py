@@ -177,6 +177,22 @@ def test_save_and_load_round_trip(tiny: Backbone, tmp_path: Path) -> None:
     np.testing.assert_array_equal(loaded.encode_texts(["green top"]), tiny.encode_texts(["green top"]))
 
 
+def test_cnn_model_keeps_its_batchnorm_statistics_through_save_and_load(tmp_path: Path) -> None:
+    """fashion-regnet-tiny (fpi-cpu's image tower) is a timm CNN: its running statistics are part of the weights."""
+    backbone = create_backbone(BackboneConfig(model="fashion-regnet-tiny", cpu_bf16=False))
+    assert backbone.image_size == (80, 64) and backbone.dim == 256
+    images = [solid((10, 150, 10)), solid((250, 250, 250)), solid((120, 30, 60), size=(64, 64))]
+    before = backbone.encode_images(images)
+    backbone.model.train()
+    with torch.no_grad():  # a training-mode pass moves the BatchNorm statistics, as training does
+        backbone.model.encode_image(torch.rand(16, 3, 80, 64) * 3)
+    moved = backbone.encode_images(images)
+    assert not np.allclose(moved, before, atol=1e-3)
+    loaded = Backbone.load(backbone.save(tmp_path / "model"))
+    np.testing.assert_array_equal(loaded.encode_images(images), moved)
+    np.testing.assert_allclose(np.linalg.norm(moved, axis=1), 1.0, atol=1e-5)
+
+
 def test_damaged_backbone_file_is_a_clear_error(tiny: Backbone, tmp_path: Path) -> None:
     path = tiny.save(tmp_path / "backbone.safetensors")
     data = path.read_bytes()
