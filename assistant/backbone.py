@@ -216,7 +216,8 @@ def _weights_help(what: str, model_name: str, pretrained: str | None) -> str:
         f"m = open_clip.create_model({create_args}); torch.save(m.state_dict(), 'weights.pt')\"`, copy weights.pt "
         f"here and set `backbone: {{model: {architecture}, pretrained: /path/to/weights.pt}}` (or copy that "
         "machine's Hugging Face cache folder, ~/.cache/huggingface/hub); or (2) use a config that trains its "
-        "backbone here (configs/demo.yaml, configs/fpi-cpu.yaml: `model: fashion-vit-tiny, pretrained: null`)")
+        "backbone here (configs/demo.yaml: `model: fashion-vit-tiny`, configs/fpi-cpu.yaml: `model: "
+        "fashion-regnet-tiny`, both with `pretrained: null`)")
 
 
 def _hub_file_cached(repo_id: str, filenames: Sequence[str]) -> bool:
