@@ -471,8 +471,9 @@ class RetrieverRanker(ScoreRanker):
         return self.constraints.apply(scores, states) if self.constraints is not None else scores
 
     def rank(self, states: Sequence[DialogState], k: int, exclude: Sequence[set[int]]) -> np.ndarray:
-        constrained = self.constraints is not None and any(any(self.constraints.reader.constraints(state))
-                                                           for state in states)
-        if self.index is None or constrained or self.lexical is not None:  # these re-score every item
+        # BM25 and constraints re-score every item; the feedback is read only when nothing else decides
+        if (self.index is None or self.lexical is not None
+                or (self.constraints is not None
+                    and any(any(self.constraints.reader.constraints(state)) for state in states))):
             return super().rank(states, k, exclude)
         return self.index.search(self.queries(states), k, exclude)[1]
