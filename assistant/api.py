@@ -7,17 +7,21 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from assistant.attributes import AttributePredictor
-from assistant.backbone import BACKBONE_FILE, Backbone
-from assistant.catalog import Catalog, load_catalog
-from assistant.dialog import Dialog, RankingContext
-from assistant.features import ItemFeatures, compute_features
-from assistant.index import cached_index
-from assistant.pipeline import ATTRIBUTES_FILE, RETRIEVER_FILE, PipelineConfig
+from assistant.core.catalog import Catalog
+from assistant.core.constraints import FeedbackConstraints, FeedbackReader
+from assistant.core.dialog import Dialog, RankingContext
+from assistant.core.loaders import load_catalog
+from assistant.model_dir import ATTRIBUTES_FILE, RETRIEVER_FILE, PipelineConfig
 from assistant.users import User, resolve_user
-from retriever.baselines import KeywordRanker
-from retriever.constraints import FeedbackConstraints, FeedbackReader
+from assistant.vision.attributes import AttributePredictor
+from assistant.vision.backbone import BACKBONE_FILE, Backbone
+from assistant.vision.features import ItemFeatures, compute_features
+from assistant.vision.index import cached_index
+from retriever.baselines import AttributeFilterRanker, KeywordRanker, RandomRanker, SingleTurnRanker
+from retriever.evaluate import evaluate
 from retriever.model import DialogRetriever, RetrieverRanker
+from simulator.template_user import TemplateUser
+from simulator.user import load_simulator_user
 
 log = logging.getLogger(__name__)
 
@@ -85,13 +89,9 @@ class Assistant:
         key = f"{spec}@{seed}"
         if key not in self._users:
             if spec == "simulator":
-                from simulator.user import load_simulator_user
-
                 self._users[key] = load_simulator_user(self.model_dir, self.catalog, self.features,
                                                        self.config.users.simulator_decoding, seed=seed)
             elif spec == "template":
-                from simulator.template_user import TemplateUser
-
                 users = self.config.users
                 self._users[key] = TemplateUser(self.catalog, seed=seed, max_facets=users.max_facets,
                                                 title_words=users.title_words)
@@ -105,8 +105,6 @@ class Assistant:
 
     def baselines(self) -> dict[str, Any]:
         """The evaluation's baseline rankers over this catalog, each a Ranker through the same Dialog loop."""
-        from retriever.baselines import AttributeFilterRanker, RandomRanker, SingleTurnRanker
-
         image = self.features.image
         return {"random": RandomRanker(len(self.catalog)), "keyword": self.keyword or KeywordRanker(self.catalog),
                 "attribute_filter": AttributeFilterRanker(self.catalog, image, self.backbone),
@@ -129,8 +127,6 @@ class Assistant:
     def evaluate(self, user: str = "template", turns: int = 5, targets: int = 1000, seed: int = 0,
                  baselines: bool = True) -> dict[str, Any]:
         """The held-out dialog protocol for the model and the baselines, with one user (see retriever.evaluate)."""
-        from retriever.evaluate import evaluate
-
         systems = {"model": self.ranker, **(self.baselines() if baselines else {})}
         notes = {"model": self.ranking,
                  "no_attributes": "the model's attribute tokens masked at inference (not retrained)",

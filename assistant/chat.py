@@ -11,9 +11,9 @@ from typing import IO, Any
 
 from PIL import Image
 
-from assistant.catalog import Item
-from assistant.dialog_log import DialogLog, new_session_id
-from assistant.messages import EMPTY_MESSAGE_PROMPT, clean_message, format_understood, key_attributes, open_upload
+from assistant.core.catalog import Item
+from assistant.core.dialog_log import DialogLog, new_session_id
+from assistant.core.messages import EMPTY_MESSAGE_PROMPT, clean_message, format_understood, key_attributes, open_upload
 
 RESULTS_SHOWN = 12
 

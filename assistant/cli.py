@@ -11,9 +11,21 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from assistant.catalog import CatalogError, load_catalog
-from assistant.config import STAGES
-from assistant.storage import cache_dir
+from assistant.api import Assistant
+from assistant.chat import chat
+from assistant.core.catalog import CatalogError
+from assistant.core.config import STAGES
+from assistant.core.demo_catalog import VERSION, contact_sheet
+from assistant.core.dialog_log import export_dialogs
+from assistant.core.loaders import load_catalog
+from assistant.core.storage import atomic_write_text, cache_dir
+from assistant.model_dir import CONFIG_FILE, MANIFEST_FILE, PipelineConfig
+from assistant.pipeline import train
+from assistant.vision.backbone import BACKBONE_FILE, Backbone
+from assistant.vision.features import compute_features
+from retriever.evaluate import plot, save_result
+from simulator.captioner import SimulatorModel
+from simulator.metrics import evaluate_simulator
 
 
 def _print_catalog_summary(summary: dict) -> None:
@@ -43,12 +55,12 @@ def cmd_catalog(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2, ensure_ascii=False))
     else:
         _print_catalog_summary(summary)
+    if args.contact_sheet:
+        print(f"contact sheet: {contact_sheet(catalog, args.contact_sheet)}")
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from assistant.pipeline import train
-
     stages = STAGES[: STAGES.index(args.stage) + 1] if args.stage else STAGES
     manifest = train(args.catalog, args.config, args.out, resume=args.resume, stages=stages)
     for stage, info in manifest["stages"].items():
@@ -59,8 +71,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from assistant.api import Assistant
-
     start = time.perf_counter()
     assistant = Assistant.load(args.model, args.catalog)
     print(f"{len(assistant.catalog)} items: features and {assistant.index.kind} index ready in "
@@ -69,9 +79,6 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from assistant.api import Assistant
-    from retriever.evaluate import plot, save_result
-
     assistant = Assistant.load(args.model, _catalog_split(args))
     result = assistant.evaluate(args.user, turns=args.turns, targets=args.targets, seed=args.seed)
     for name, metrics in result["systems"].items():
@@ -85,12 +92,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate_simulator(args: argparse.Namespace) -> int:
-    from assistant.backbone import BACKBONE_FILE, Backbone
-    from assistant.features import compute_features
-    from assistant.pipeline import CONFIG_FILE, PipelineConfig
-    from simulator.captioner import SimulatorModel
-    from simulator.metrics import evaluate_simulator
-
     catalog = _catalog_split(args)
     features = compute_features(Backbone.load(Path(args.model) / BACKBONE_FILE), catalog)
     decoding = args.decoding or PipelineConfig.load(Path(args.model) / CONFIG_FILE).users.simulator_decoding
@@ -99,30 +100,23 @@ def cmd_evaluate_simulator(args: argparse.Namespace) -> int:
     summary = {k: v for k, v in result.items() if k != "examples"}
     print(json.dumps(summary, indent=2))
     if args.json:
-        from assistant.storage import atomic_write_text
-
         atomic_write_text(Path(args.json), json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     return 0
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from assistant.api import Assistant
-    from assistant.chat import chat
-
     chat(Assistant.load(args.model, args.catalog), data_dir=args.data)
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from app import serve
+    from assistant.webapp import serve  # local: gradio (seconds to import) stays out of every other command
 
     serve(args.model, args.catalog, host=args.host, port=args.port, data_dir=args.data)
     return 0
 
 
 def cmd_export_dialogs(args: argparse.Namespace) -> int:
-    from assistant.dialog_log import export_dialogs
-
     data = args.data or cache_dir() / "dialogs"
     counts = export_dialogs(data, args.out)
     print(f"{args.out}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
@@ -132,9 +126,6 @@ def cmd_export_dialogs(args: argparse.Namespace) -> int:
 def demo_model_dir(catalog_source: str) -> Path:
     """Where `demo` keeps its model: named by the demo catalog's version and the demo config, so that a change
     to either trains a new model instead of reusing a stale one."""
-    from assistant.demo_catalog import VERSION
-    from assistant.pipeline import PipelineConfig
-
     settings = json.dumps([VERSION, PipelineConfig.load("demo").as_dict()], sort_keys=True)
     digest = hashlib.sha256(settings.encode()).hexdigest()[:10]
     return cache_dir() / "models" / f"demo-{catalog_source.replace(':', '-')}-{digest}"
@@ -145,8 +136,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     The first run trains every stage but the held-out evaluation (`train --config demo` runs that too).
     """
-    from assistant.pipeline import MANIFEST_FILE, train
-
     source = f"demo:{args.items}" if args.items else "demo"
     model_dir = demo_model_dir(source)
     manifest = model_dir / MANIFEST_FILE
@@ -169,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     catalog.add_argument("--format", choices=["fashion-product-images", "fashion-iq", "generic"],
                          help="loader to use (default: detected from the folder's contents)")
     catalog.add_argument("--json", action="store_true", help="print the summary as JSON")
+    catalog.add_argument("--contact-sheet", type=Path, metavar="PNG", help="also draw a grid of its first items here")
     catalog.set_defaults(run=cmd_catalog)
 
     train = commands.add_parser("train", help="train every stage into a model directory (or up to STAGE)")

@@ -2,108 +2,39 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from assistant.attributes import AttributeConfig, AttributePredictor
-from assistant.backbone import BACKBONE_FILE, Backbone, BackboneConfig, train_backbone
-from assistant.catalog import Catalog, load_catalog
-from assistant.config import STAGES, load_config, section
-from assistant.features import ItemFeatures, compute_features
-from assistant.index import IndexConfig
-from assistant.storage import atomic_write_text
-from retriever.train import RetrieverConfig
+from assistant.api import Assistant
+from assistant.core.catalog import Catalog
+from assistant.core.config import STAGES
+from assistant.core.loaders import load_catalog
+from assistant.core.storage import atomic_write_text
+from assistant.model_dir import (
+    ATTRIBUTES_FILE,
+    CONFIG_FILE,
+    MANIFEST_FILE,
+    METRICS_FILE,
+    PLOT_FILE,
+    PipelineConfig,
+)
+from assistant.vision.attributes import AttributePredictor
+from assistant.vision.backbone import BACKBONE_FILE, Backbone, train_backbone
+from assistant.vision.features import ItemFeatures, compute_features, features_for
+from retriever.evaluate import plot
+from retriever.train import mixed_user, train_retriever
+from simulator.captioner import SimulatorModel
+from simulator.metrics import evaluate_simulator
+from simulator.template_user import TemplateUser
+from simulator.train import train_simulator
+from simulator.user import load_simulator_user
 
 log = logging.getLogger(__name__)
-
-CONFIG_FILE, MANIFEST_FILE, METRICS_FILE = "config.yaml", "stages.json", "metrics.json"
-ATTRIBUTES_FILE, RETRIEVER_FILE, PLOT_FILE = "attributes.safetensors", "retriever.safetensors", "evaluation.png"
-
-
-@dataclass
-class CatalogSection:
-    """The `catalog:` section: which catalog a config trains on when none is given on the command line."""
-
-    source: str = "demo"
-
-
-@dataclass
-class UsersConfig:
-    """The `users:` section: how the template shopper talks during training and evaluation."""
-
-    max_facets: int = 2
-    title_words: int = 1
-    seed: int = 0
-    # How the trained simulator words its answers in rollouts and evaluation: "sample" (nucleus, top_p of the
-    # simulator config) varies the wording as people do; "greedy" always says the likeliest caption.
-    simulator_decoding: str = "sample"
-
-    def __post_init__(self) -> None:
-        from simulator.captioner import DECODINGS
-
-        if self.simulator_decoding not in DECODINGS:
-            raise ValueError(f"users simulator_decoding must be one of {DECODINGS}, not {self.simulator_decoding!r}")
-
-
-@dataclass
-class EvaluationConfig:
-    """The `evaluation:` section: the held-out protocol run at the end of training."""
-
-    split: str = "test"
-    targets: int = 1000
-    turns: int = 5
-    seed: int = 0
-    simulator_pairs: int = 1000
-    users: list[str] = field(default_factory=lambda: ["template", "simulator"])
-
-
-@dataclass
-class PipelineConfig:
-    """All sections of a config, each a stage's own dataclass."""
-
-    catalog: CatalogSection
-    backbone: BackboneConfig
-    attributes: AttributeConfig
-    index: IndexConfig
-    simulator: Any  # SimulatorConfig
-    retriever: RetrieverConfig
-    users: UsersConfig
-    evaluation: EvaluationConfig
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> PipelineConfig:
-        from simulator.train import SimulatorConfig
-
-        kinds = {"catalog": CatalogSection, "backbone": BackboneConfig, "attributes": AttributeConfig,
-                 "index": IndexConfig, "simulator": SimulatorConfig, "retriever": RetrieverConfig,
-                 "users": UsersConfig, "evaluation": EvaluationConfig}
-        unknown = set(raw) - set(kinds)
-        if unknown:
-            raise ValueError(f"unknown config sections {sorted(unknown)}; known: {sorted(kinds)}")
-        return cls(**{name: section(raw, name, kind) for name, kind in kinds.items()})
-
-    @classmethod
-    def load(cls, name_or_path: str | Path) -> PipelineConfig:
-        return cls.from_dict(load_config(name_or_path))
-
-    def as_dict(self) -> dict[str, Any]:
-        return {f.name: dataclasses.asdict(getattr(self, f.name)) for f in dataclasses.fields(self)}
-
-
-def features_for(features: ItemFeatures, catalog: Catalog) -> ItemFeatures:
-    """The rows of `features` for the items of `catalog` (e.g. one split), in its order."""
-    rows = [features.row(item_id) for item_id in catalog.ids]
-    return ItemFeatures(catalog.ids, features.image[rows], features.text[rows], features.item[rows],
-                        {i: why for i, why in features.failed.items() if i in catalog},
-                        features.backbone_id, catalog.fingerprint)
-
 
 class TrainingRun:
     """One `train` run: the config, the catalog and the model directory, with a manifest of finished stages."""
@@ -187,21 +118,14 @@ class TrainingRun:
         return {"test_accuracy": predictor.evaluate(self.features.image, self.catalog, rows["test"])}
 
     def stage_simulator(self) -> dict:
-        from simulator.train import train_simulator
-
         train_simulator(self.catalog, self.features, self.config.simulator, self.out_dir, resume=True)
         return {}
 
     def template_user(self, catalog: Catalog):
-        from simulator.template_user import TemplateUser
-
         users = self.config.users
         return TemplateUser(catalog, seed=users.seed, max_facets=users.max_facets, title_words=users.title_words)
 
     def stage_retriever(self) -> dict:
-        from retriever.train import mixed_user, train_retriever
-        from simulator.user import load_simulator_user
-
         train = self.split("train")
         train_features = features_for(self.features, train)
         simulator = load_simulator_user(self.out_dir, train, train_features, self.config.users.simulator_decoding,
@@ -212,11 +136,6 @@ class TrainingRun:
         return {}
 
     def stage_metrics(self) -> dict:
-        from assistant.api import Assistant
-        from retriever.evaluate import plot
-        from simulator.captioner import SimulatorModel
-        from simulator.metrics import evaluate_simulator
-
         evaluation = self.config.evaluation
         held_out = self.split(evaluation.split)
         assistant = Assistant.load(self.out_dir, held_out, progress=self.progress, backbone=self.backbone,

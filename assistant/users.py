@@ -6,7 +6,8 @@ import importlib
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
-from assistant.catalog import Catalog, Item
+from assistant.core.catalog import Catalog, Item
+from simulator.template_user import TemplateUser
 
 
 @runtime_checkable
@@ -52,8 +53,6 @@ def resolve_user(spec: str, catalog: Catalog | None = None, seed: int = 0) -> Us
     loaded from a model dir), or `package.module:function`."""
     spec = spec.strip()
     if spec == "template":
-        from simulator.template_user import TemplateUser
-
         return TemplateUser(catalog, seed=seed)
     if spec == "simulator":
         # Resolved with a model dir by the simulator's loader (simulator/user.py: load_simulator_user).

@@ -1,7 +1,7 @@
 """Benchmark: per-attribute top-1 accuracy of the attribute heads on the real catalog's test split.
 
 Heads are trained on the train split's image embeddings (the val split picks the epoch) from a feature file
-(`--features`, an assistant.features file of this catalog) or a trained backbone folder (`--backbone`).
+(`--features`, an assistant.vision.features file of this catalog) or a trained backbone folder (`--backbone`).
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from assistant.attributes import OTHER, AttributeConfig, AttributePredictor
-from assistant.catalog import load_catalog
-from assistant.features import ItemFeatures, compute_features
-from assistant.storage import atomic_write_text
+from assistant.core.loaders import load_catalog
+from assistant.core.storage import atomic_write_text
+from assistant.vision.attributes import OTHER, AttributeConfig, AttributePredictor
+from assistant.vision.features import ItemFeatures, compute_features
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared/data/fashion-product-images-small"
 TARGETS = {"articleType": 0.80, "baseColour": 0.60, "gender": 0.80}
@@ -29,7 +29,7 @@ def image_embeddings(args: argparse.Namespace, catalog) -> tuple[np.ndarray, str
         features = ItemFeatures.load(args.features)
         source = f"feature file {args.features.name} (backbone {features.backbone_id})"
     else:
-        from assistant.backbone import Backbone
+        from assistant.vision.backbone import Backbone
 
         backbone = Backbone.load(args.backbone, device=args.device)
         features = compute_features(backbone, catalog)

@@ -15,9 +15,15 @@ from pathlib import Path
 
 import torch
 
-from assistant.backbone import BackboneConfig, cpu_has_native_bf16, shuffled_pairs, text_image_recall, train_backbone
-from assistant.catalog import load_catalog
-from assistant.storage import atomic_write_text, cache_dir
+from assistant.core.loaders import load_catalog
+from assistant.core.storage import atomic_write_text, cache_dir
+from assistant.vision.backbone import (
+    BackboneConfig,
+    cpu_has_native_bf16,
+    shuffled_pairs,
+    text_image_recall,
+    train_backbone,
+)
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared/data/fashion-product-images-small"
 

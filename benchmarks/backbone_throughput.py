@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from assistant.backbone import BackboneConfig, create_backbone, item_text, pixel_tensor, train_backbone
-from assistant.catalog import load_catalog
-from assistant.storage import atomic_write_text
+from assistant.core.loaders import load_catalog
+from assistant.core.storage import atomic_write_text
+from assistant.vision.backbone import BackboneConfig, create_backbone, item_text, pixel_tensor, train_backbone
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared/data/fashion-product-images-small"
 

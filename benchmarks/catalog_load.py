@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from assistant.catalog import load_catalog
+from assistant.core.loaders import load_catalog
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared/data/fashion-product-images-small"
 
@@ -21,7 +21,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results/catalog_load.json")
     args = parser.parse_args()
-    code = f"import time; t=time.perf_counter(); from assistant.catalog import load_catalog; " \
+    code = f"import time; t=time.perf_counter(); from assistant.core.loaders import load_catalog; " \
            f"c=load_catalog({str(args.catalog)!r}); print(len(c), time.perf_counter()-t)"
     first = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     warm = []

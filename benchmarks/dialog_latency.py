@@ -17,14 +17,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from assistant.catalog import load_catalog
-from assistant.config import load_config, section
-from assistant.dialog import Dialog, RankingContext
-from assistant.features import ItemFeatures
-from assistant.index import IndexConfig, VectorIndex, clustered_vectors
-from assistant.storage import atomic_write_text
+from assistant.core.config import load_config, section
+from assistant.core.constraints import FeedbackConstraints
+from assistant.core.dialog import Dialog, RankingContext
+from assistant.core.loaders import load_catalog
+from assistant.core.storage import atomic_write_text
+from assistant.vision.features import ItemFeatures
+from assistant.vision.index import IndexConfig, VectorIndex, clustered_vectors
 from retriever.baselines import KeywordRanker
-from retriever.constraints import FeedbackConstraints
 from retriever.model import DialogRetriever, RetrieverRanker
 from retriever.train import RetrieverConfig
 from simulator.template_user import TemplateUser
@@ -35,8 +35,8 @@ DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared/data/fashion-produc
 
 def item_features(catalog, backbone_path: Path | None) -> tuple[ItemFeatures, str]:
     if backbone_path is not None:
-        from assistant.backbone import Backbone
-        from assistant.features import compute_features
+        from assistant.vision.backbone import Backbone
+        from assistant.vision.features import compute_features
 
         backbone = Backbone.load(backbone_path)
         return compute_features(backbone, catalog), backbone.id

@@ -1,5 +1,5 @@
 """Benchmark: build item features for the whole real catalog from its images with the trained backbone, then index
-them (faiss via assistant.index). Writes benchmarks/results/index_build.json.
+them (faiss via assistant.vision.index). Writes benchmarks/results/index_build.json.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from assistant.backbone import Backbone, cpu_has_native_bf16
-from assistant.catalog import load_catalog
-from assistant.features import compute_features, features_path
-from assistant.index import IndexConfig, VectorIndex
-from assistant.storage import atomic_write_text, cache_dir
+from assistant.core.loaders import load_catalog
+from assistant.core.storage import atomic_write_text, cache_dir
+from assistant.vision.backbone import Backbone, cpu_has_native_bf16
+from assistant.vision.features import compute_features, features_path
+from assistant.vision.index import IndexConfig, VectorIndex
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared/data/fashion-product-images-small"
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from assistant.index import SINGLE_THREAD_BELOW, IndexConfig, VectorIndex, cached_index, clustered_vectors
-from assistant.storage import atomic_write_text
+from assistant.core.storage import atomic_write_text
+from assistant.vision.index import SINGLE_THREAD_BELOW, IndexConfig, VectorIndex, cached_index, clustered_vectors
 
 K = 50
 RECALL_TARGET, LATENCY_TARGET_MS = 0.95, 5.0
@@ -140,7 +140,7 @@ def run_size(label: str, vectors: np.ndarray, queries: np.ndarray, args: argpars
 def real_vectors(path: Path | None, count: int, queries: int) -> tuple[np.ndarray, np.ndarray, str]:
     """Item embeddings (and text-embedding queries) from a feature file, else synthetic vectors of the same size."""
     if path is not None:
-        from assistant.features import ItemFeatures
+        from assistant.vision.features import ItemFeatures
 
         features = ItemFeatures.load(path)
         rng = np.random.default_rng(0)
@@ -154,7 +154,8 @@ def real_vectors(path: Path | None, count: int, queries: int) -> tuple[np.ndarra
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--features", type=Path, help="an ItemFeatures file of the real catalog (assistant.features)")
+    parser.add_argument("--features", type=Path,
+                        help="an ItemFeatures file of the real catalog (assistant.vision.features)")
     parser.add_argument("--catalog-size", type=int, default=34_975)
     parser.add_argument("--large", type=int, default=1_000_000,
                         help="synthetic vectors for part (b); 0 keeps part (b) from the existing JSON")
@@ -184,7 +185,8 @@ def main() -> None:
         large = clustered_vectors(args.large, seed=0)
         large_queries = clustered_vectors(args.queries, seed=1)
         source = ("synthetic: 1,000 overlapping Gaussian clusters in a 32-d latent space mapped to 256-d plus "
-                  "isotropic noise, L2-normalised (assistant.index.clustered_vectors); queries drawn from the same "
+                  "isotropic noise, L2-normalised (assistant.vision.index.clustered_vectors); queries drawn from "
+                  "the same "
                   "distribution, not from the indexed set")
         timings = run_size("large", large, large_queries, args, args.cache, f"synthetic-{args.large}")
         result["large"] = {"source": source, **timings}

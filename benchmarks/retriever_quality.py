@@ -14,13 +14,12 @@ from pathlib import Path
 
 import torch
 
-from assistant.backbone import Backbone
-from assistant.catalog import load_catalog
-from assistant.config import load_config, section
-from assistant.features import compute_features
-from assistant.storage import cache_dir
+from assistant.core.config import load_config, section
+from assistant.core.loaders import load_catalog
+from assistant.core.storage import cache_dir
+from assistant.vision.backbone import Backbone
+from assistant.vision.features import compute_features, features_for
 from retriever.evaluate import evaluate, plot, save_result, standard_systems
-from retriever.model import features_for
 from retriever.train import RetrieverConfig, mixed_user, train_retriever
 from simulator.template_user import TemplateUser
 

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import torch.nn.functional as F
 
-from assistant.backbone import Backbone, pixel_tensor
-from assistant.catalog import Catalog, load_catalog
-from assistant.config import load_config, section
-from assistant.features import ItemFeatures, compute_features
-from assistant.storage import atomic_write_text, cache_dir
+from assistant.core.catalog import Catalog
+from assistant.core.config import load_config, section
+from assistant.core.loaders import load_catalog
+from assistant.core.storage import atomic_write_text, cache_dir
+from assistant.vision.backbone import Backbone, pixel_tensor
+from assistant.vision.features import ItemFeatures, compute_features
 from simulator.metrics import evaluate_simulator
 from simulator.train import SimulatorConfig, train_simulator
 

@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 from simulator_quality import DEFAULT_ROOT, MODEL_DIR, thumbnail_features
 
-from assistant.backbone import Backbone
-from assistant.catalog import load_catalog
-from assistant.features import compute_features
-from assistant.storage import atomic_write_text, cache_dir
+from assistant.core.loaders import load_catalog
+from assistant.core.storage import atomic_write_text, cache_dir
+from assistant.vision.backbone import Backbone
+from assistant.vision.features import compute_features
 from simulator.captioner import SimulatorModel
 from simulator.template_user import PairSampler
 

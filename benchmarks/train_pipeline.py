@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
+from assistant.core.storage import atomic_write_text, cache_dir
 from assistant.pipeline import METRICS_FILE, train
-from assistant.storage import atomic_write_text, cache_dir
 
 RESULTS = Path(__file__).parent / "results"
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared/data/fashion-product-images-small"

@@ -8,10 +8,10 @@ import numpy as np
 from scipy import sparse
 from sklearn.feature_extraction.text import CountVectorizer
 
-from assistant.catalog import Catalog
-from assistant.dialog import DialogState, ScoreRanker, ShownImage
-from retriever.constraints import FeedbackConstraints, FeedbackReader
-from simulator.attribute_parser import STOP_WORDS, singular, tokenize
+from assistant.core.catalog import Catalog
+from assistant.core.constraints import FeedbackConstraints, FeedbackReader
+from assistant.core.dialog import DialogState, ScoreRanker, ShownImage
+from assistant.core.feedback import STOP_WORDS, singular, tokenize
 
 TIE_BREAK = 1e-6  # a fixed, tiny per-item offset so equal scores rank in a seeded random order
 

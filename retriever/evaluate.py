@@ -10,12 +10,13 @@ from typing import Any
 
 import numpy as np
 
-from assistant.catalog import Catalog
-from assistant.dialog import DialogRun, Ranker, run_dialogs
-from assistant.storage import atomic_write, atomic_write_text
+from assistant.core.catalog import Catalog
+from assistant.core.constraints import FeedbackConstraints
+from assistant.core.dialog import DialogRun, Ranker, run_dialogs
+from assistant.core.storage import atomic_write, atomic_write_text
+from assistant.vision.features import features_for
 from retriever.baselines import AttributeFilterRanker, KeywordRanker, RandomRanker, SingleTurnRanker
-from retriever.constraints import FeedbackConstraints
-from retriever.model import DialogRetriever, RetrieverRanker, features_for
+from retriever.model import DialogRetriever, RetrieverRanker
 
 RECALL_AT = (1, 5, 10, 50)
 SYSTEM_ORDER = ("model", "no_attributes", "keyword", "attribute_filter", "single_turn", "random")

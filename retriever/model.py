@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -17,9 +16,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from assistant.catalog import Catalog
-from assistant.dialog import DialogState, ScoreRanker, ShownImage
-from assistant.storage import atomic_write
+from assistant.core.catalog import Catalog
+from assistant.core.dialog import DialogState, ScoreRanker, ShownImage
+from assistant.core.storage import atomic_write
 from retriever.text import FeedbackTextEncoder
 
 FILE_FORMAT = "fashion-assistant-retriever/1"
@@ -57,15 +56,6 @@ class RetrieverShape:
     @property
     def output_dim(self) -> int:
         return self.width if self.item_space == "learned" else self.feature_dim
-
-
-def features_for(features, catalog: Catalog):
-    """The rows of `features` for `catalog`'s items, in its order (e.g. one split of the catalog they came from)."""
-    if list(features.ids) == catalog.ids:
-        return features
-    rows = [features.row(item_id) for item_id in catalog.ids]
-    return dataclasses.replace(features, ids=catalog.ids, image=features.image[rows], text=features.text[rows],
-                               item=features.item[rows])
 
 
 class AttributeVocabulary:
@@ -443,7 +433,7 @@ class RetrieverRanker(ScoreRanker):
     """The retriever as a Ranker over one catalog: inner products of queries with the item vectors, through a
     VectorIndex when one is given (fast top-k for one shopper).
 
-    With `constraints` (retriever.constraints.FeedbackConstraints) items contradicting an attribute value the
+    With `constraints` (assistant.core.constraints.FeedbackConstraints) items contradicting an attribute value the
     feedback asked for or ruled out rank below every item that fits; the retriever orders each group. With
     `lexical` (a keyword ranker, e.g. BM25 over titles) `lexical_weight` times its score is added: hybrid search,
     so that a brand or product word the shopper types counts as exactly as a search box counts it.

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
-from assistant.text_encoder import verified_minilm_folder
+from assistant.core.text_encoder import verified_minilm_folder
 
 TEXT_MODES = ("static", "contextual")
 

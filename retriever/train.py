@@ -21,12 +21,11 @@ from safetensors.torch import save_file
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from assistant.catalog import Catalog, Item
-from assistant.dialog import DialogState, run_dialogs
-from assistant.storage import atomic_write, atomic_write_text
+from assistant.core.catalog import Catalog, Item
+from assistant.core.dialog import DialogState, run_dialogs, seeded_rng
+from assistant.core.storage import atomic_write, atomic_write_text
 from retriever.baselines import RandomRanker
 from retriever.model import DialogRetriever, ItemInputs, RetrieverRanker
-from simulator.template_user import seeded_rng
 
 RETRIEVER_FILE = "retriever.safetensors"
 TRAIN_STATE_FILE = "retriever-train-state.safetensors"

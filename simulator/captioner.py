@@ -21,8 +21,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel
 
-from assistant.catalog import Catalog, Item
-from assistant.storage import atomic_write, atomic_write_text
+from assistant.core.catalog import Catalog, Item
+from assistant.core.storage import atomic_write, atomic_write_text
 from simulator.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, CaptionTokenizer
 
 WEIGHTS_FILE, TOKENIZER_FILE, SETTINGS_FILE = "simulator.safetensors", "simulator.spm", "simulator.json"

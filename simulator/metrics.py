@@ -17,16 +17,13 @@ import re
 import time
 from collections import Counter
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu
 
-from assistant.catalog import Catalog, Item
-from simulator.attribute_parser import AttributeParser
+from assistant.core.catalog import Catalog, Item
+from assistant.core.feedback import AttributeParser
+from simulator.captioner import SimulatorModel
 from simulator.template_user import TemplateUser, training_triplets
-
-if TYPE_CHECKING:
-    from simulator.captioner import SimulatorModel
 
 WORD_PATTERN = re.compile(r"[a-z0-9]+")
 BLEU_WEIGHTS = [(1.0,), (0.5, 0.5), (1 / 3, 1 / 3, 1 / 3), (0.25, 0.25, 0.25, 0.25)]

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import math
 import random
 import string
 from collections import Counter
 from dataclasses import dataclass
 
-from assistant.catalog import Catalog, Item
-from simulator.attribute_parser import (
+from assistant.core.catalog import Catalog, Item
+from assistant.core.dialog import seeded_rng
+from assistant.core.feedback import (
     PLURAL_ONLY,
     STOP_WORDS,
     AttributeParser,
@@ -115,12 +115,6 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
     "title_brand": ("from {w}", "by {w}", "{w_a} one", "something by {w}"),
     "title": ("something {w}", "more {w}", "like the {w} one", "{w_a} one"),
 }
-
-
-def seeded_rng(*parts: object) -> random.Random:
-    """A random generator fixed by its parts, the same in every process and whatever was drawn before."""
-    digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode("utf-8"), digest_size=8).digest()
-    return random.Random(int.from_bytes(digest, "big"))
 
 
 def _words(value: str) -> str:

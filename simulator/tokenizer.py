@@ -9,7 +9,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from assistant.storage import atomic_write
+from assistant.core.storage import atomic_write
 
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 SPECIAL_PIECES = 4

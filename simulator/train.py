@@ -19,8 +19,8 @@ from safetensors.torch import save_file
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from assistant.catalog import Catalog
-from assistant.storage import atomic_write
+from assistant.core.catalog import Catalog
+from assistant.core.storage import atomic_write
 from simulator.captioner import (
     SETTINGS_FILE,
     AttributeVocab,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from assistant.catalog import Catalog, Item
+from assistant.core.catalog import Catalog, Item
 from simulator.captioner import DECODINGS, SimulatorModel
 
 

@@ -38,7 +38,7 @@ def fpi_root() -> Path:
 @pytest.fixture(scope="session")
 def real_catalog(fpi_root: Path):
     """The whole real catalog, loaded once per test session."""
-    from assistant.catalog import load_catalog
+    from assistant.core.loaders import load_catalog
 
     return load_catalog(fpi_root)
 
@@ -73,7 +73,7 @@ TINY_CONFIG = REPO / "tests" / "tiny.yaml"
 @pytest.fixture(scope="session")
 def demo_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model trained once per test session with the tiny config on 300 demo items (all stages but metrics)."""
-    from assistant.config import STAGES
+    from assistant.core.config import STAGES
     from assistant.pipeline import train
 
     out = tmp_path_factory.mktemp("demo-model")

@@ -21,15 +21,15 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from app import launch_app
-from assistant.dialog_log import read_dialogs
-from assistant.messages import (
+from assistant.core.dialog_log import read_dialogs
+from assistant.core.messages import (
     EMPTY_MESSAGE_PROMPT,
     MAX_MESSAGE_CHARS,
     UploadError,
     clean_message,
     open_upload,
 )
+from assistant.webapp import launch_app
 
 REPO = Path(__file__).resolve().parent.parent
 # outputs of the /send, /pick and /reset endpoints (the session State is not part of the API)

@@ -7,8 +7,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from assistant.attributes import OTHER, AttributeConfig, AttributePredictor, split_values
-from assistant.catalog import Catalog
+from assistant.core.catalog import Catalog
+from assistant.vision.attributes import OTHER, AttributeConfig, AttributePredictor, split_values
 
 TRAIN_ITEMS, TEST_ITEMS = 2000, 500
 FAST = AttributeConfig(epochs=30, seed=0, device="cpu")

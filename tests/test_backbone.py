@@ -16,7 +16,10 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import save_file
 
-from assistant.backbone import (
+from assistant.core.catalog import Catalog, Item
+from assistant.core.loaders import load_generic
+from assistant.core.text_encoder import TextEncoderError, verified_minilm_folder
+from assistant.vision.backbone import (
     BACKBONE_FILE,
     TRAIN_LOG_FILE,
     TRAIN_STATE_FILE,
@@ -33,8 +36,6 @@ from assistant.backbone import (
     text_image_recall,
     train_backbone,
 )
-from assistant.catalog import Catalog, Item, load_generic
-from assistant.text_encoder import TextEncoderError, verified_minilm_folder
 
 REPO = Path(__file__).resolve().parent.parent
 # A small fast variant of the default model for tests: 32x24 pixels, 12 patches.

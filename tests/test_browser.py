@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from app import launch_app
-from assistant.dialog_log import read_dialogs
+from assistant.core.dialog_log import read_dialogs
+from assistant.webapp import launch_app
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 expect = playwright_api.expect

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from assistant.catalog import FPI_ATTRIBUTES, CatalogError, detect_format, load_catalog, split_of
 from assistant.cli import main
+from assistant.core.catalog import FPI_ATTRIBUTES, CatalogError, split_of
+from assistant.core.loaders import detect_format, load_catalog
 
 
 def test_real_catalog_loads_every_item_with_all_seven_attributes(real_catalog) -> None:

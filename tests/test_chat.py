@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from assistant.chat import ShoppingSession, chat
-from assistant.dialog_log import DialogLog, read_dialogs
-from assistant.messages import EMPTY_MESSAGE_PROMPT, UploadError
+from assistant.core.dialog_log import DialogLog, read_dialogs
+from assistant.core.messages import EMPTY_MESSAGE_PROMPT, UploadError
 
 
 def run_chat(assistant, lines: list[str], data_dir: Path | None = None) -> tuple[str, ShoppingSession]:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from assistant.catalog import Catalog, Item
-from assistant.dialog import DialogState, Turn
+from assistant.core.catalog import Catalog, Item
+from assistant.core.constraints import PENALTY, FeedbackConstraints
+from assistant.core.dialog import DialogState, Turn
 from retriever.baselines import KeywordRanker
-from retriever.constraints import PENALTY, FeedbackConstraints
 from retriever.model import RetrieverRanker
 
 

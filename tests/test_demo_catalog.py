@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from assistant.catalog import Catalog, CatalogError, load_catalog, load_generic
-from assistant.demo_catalog import (
+from assistant.cli import main as cli_main
+from assistant.core.catalog import Catalog, CatalogError
+from assistant.core.demo_catalog import (
     ATTRIBUTE_VALUES,
     BACKGROUND,
     COLOURS,
@@ -23,8 +24,8 @@ from assistant.demo_catalog import (
     contact_sheet,
     ensure_demo_catalog,
     generate_demo_catalog,
-    main,
 )
+from assistant.core.loaders import load_catalog, load_generic
 
 N_ITEMS = 2000
 
@@ -266,13 +267,13 @@ def test_ensure_demo_catalog_reuses_the_cache_and_ignores_leftovers(tmp_path: Pa
 
 def test_contact_sheet_and_command_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     sheet = tmp_path / "docs" / "sheet.png"
-    main(["--items", "30", "--seed", "2", "--out", str(tmp_path / "cat"), "--contact-sheet", str(sheet)])
+    assert cli_main(["catalog", "demo:30:2", "--contact-sheet", str(sheet)]) == 0
     assert str(sheet) in capsys.readouterr().out
     with Image.open(sheet) as image:
         columns_width, three_rows = image.size
         assert image.format == "PNG" and columns_width > 12 * WIDTH
         assert three_rows > 3 * HEIGHT
-    catalog = load_generic(tmp_path / "cat")
+    catalog = load_generic(generate_demo_catalog(tmp_path / "cat", n_items=30, seed=2))
     small = contact_sheet(catalog, tmp_path / "small.png", columns=4, rows=2)
     with Image.open(small) as image:
         assert image.size == (columns_width // 3, three_rows * 2 // 3)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from assistant.catalog import Catalog, Item, load_catalog
-from assistant.dialog import (
+from assistant.core.catalog import Catalog, Item
+from assistant.core.dialog import (
     Dialog,
     DialogState,
     RankingContext,
@@ -19,6 +19,7 @@ from assistant.dialog import (
     target_ranks,
     top_rows,
 )
+from assistant.core.loaders import load_catalog
 from retriever.baselines import KeywordRanker
 from simulator.template_user import TemplateUser
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from assistant.catalog import CaptionPair
-from assistant.dialog_log import DialogLog, export_dialogs, read_caption_pairs, read_dialogs
+from assistant.core.catalog import CaptionPair
+from assistant.core.dialog_log import DialogLog, export_dialogs, read_caption_pairs, read_dialogs
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -88,7 +88,7 @@ def test_threads_and_a_second_process_write_to_one_log(tmp_path: Path) -> None:
             errors.append(error)
 
     other_process = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        from assistant.dialog_log import DialogLog
+        from assistant.core.dialog_log import DialogLog
         log = DialogLog({str(tmp_path)!r}, source="cli")
         for turn in range(20):
             log.log_turn("process", turn, "feedback", "more", "r", ["x"])
@@ -110,7 +110,7 @@ def test_a_killed_writer_loses_no_logged_turn(tmp_path: Path) -> None:
     """SIGKILL right after a turn was acknowledged: every acknowledged turn is in the log."""
     script = textwrap.dedent(f"""
         import sys
-        from assistant.dialog_log import DialogLog
+        from assistant.core.dialog_log import DialogLog
         log = DialogLog({str(tmp_path)!r})
         turn = 0
         while True:

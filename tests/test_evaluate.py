@@ -7,10 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from assistant.backbone import BackboneConfig, create_backbone
-from assistant.catalog import Catalog, load_catalog
-from assistant.dialog import DialogState, Turn
-from assistant.features import compute_features
+from assistant.core.catalog import Catalog
+from assistant.core.dialog import DialogState, Turn
+from assistant.core.loaders import load_catalog
+from assistant.vision.backbone import BackboneConfig, create_backbone
+from assistant.vision.features import compute_features
 from retriever.baselines import AttributeFilterRanker, KeywordRanker, RandomRanker, SingleTurnRanker
 from retriever.evaluate import evaluate, plot, save_result, turn_metrics
 from simulator.template_user import TemplateUser

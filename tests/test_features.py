@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from assistant.backbone import Backbone, BackboneConfig, create_backbone, item_text
-from assistant.catalog import Catalog, Item, load_generic
-from assistant.features import FeatureCacheError, ItemFeatures, compute_features, features_path
+from assistant.core.catalog import Catalog, Item
+from assistant.core.loaders import load_generic
+from assistant.vision.backbone import Backbone, BackboneConfig, create_backbone, item_text
+from assistant.vision.features import FeatureCacheError, ItemFeatures, compute_features, features_path
 
 
 @pytest.fixture(scope="module")

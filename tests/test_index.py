@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from assistant.index import IndexConfig, IndexFileError, VectorIndex, cached_index, clustered_vectors
+from assistant.vision.index import IndexConfig, IndexFileError, VectorIndex, cached_index, clustered_vectors
 
 
 def brute_force(queries: np.ndarray, vectors: np.ndarray, k: int, exclude=None) -> tuple[np.ndarray, np.ndarray]:

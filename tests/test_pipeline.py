@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from assistant.config import STAGES
+from assistant.core.config import STAGES
 from assistant.pipeline import MANIFEST_FILE, METRICS_FILE, PLOT_FILE, train
 from retriever.train import RETRIEVER_FILE, TRAIN_LOG_FILE
 

@@ -13,10 +13,11 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from assistant.backbone import BackboneConfig, create_backbone
-from assistant.catalog import Catalog, load_catalog
-from assistant.dialog import DialogState, ShownImage, Turn, run_dialogs
-from assistant.features import ItemFeatures, compute_features
+from assistant.core.catalog import Catalog
+from assistant.core.dialog import DialogState, ShownImage, Turn, run_dialogs
+from assistant.core.loaders import load_catalog
+from assistant.vision.backbone import BackboneConfig, create_backbone
+from assistant.vision.features import ItemFeatures, compute_features, features_for
 from retriever.evaluate import evaluate, standard_systems
 from retriever.model import (
     ATTRIBUTE,
@@ -25,7 +26,6 @@ from retriever.model import (
     TEXT,
     DialogRetriever,
     RetrieverRanker,
-    features_for,
 )
 from retriever.text import FeedbackTextEncoder
 from retriever.train import RETRIEVER_FILE, TRAIN_LOG_FILE, RetrieverConfig, train_retriever

@@ -17,9 +17,10 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from assistant.backbone import pixel_tensor
-from assistant.catalog import Catalog, Item, load_catalog
-from assistant.features import ItemFeatures
+from assistant.core.catalog import Catalog, Item
+from assistant.core.loaders import load_catalog
+from assistant.vision.backbone import pixel_tensor
+from assistant.vision.features import ItemFeatures
 from simulator.captioner import AttributeVocab, SimulatorModel
 from simulator.metrics import evaluate_simulator
 from simulator.tokenizer import CaptionTokenizer
@@ -57,7 +58,7 @@ def child_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 
-LOAD_FEATURES = ("import numpy as np; from assistant.features import ItemFeatures; d = np.load(sys.argv[2]); "
+LOAD_FEATURES = ("import numpy as np; from assistant.vision.features import ItemFeatures; d = np.load(sys.argv[2]); "
                  "f = ItemFeatures(list(d['ids']), d['x'], d['x'], d['x'])")
 
 
@@ -134,7 +135,7 @@ def test_checkpoint_loads_in_a_fresh_process_with_identical_greedy_captions(
         test_pairs: tuple[list[Item], list[Item]], tmp_path: Path) -> None:
     references, targets = test_pairs
     pairs = [[r.id, t.id] for r, t in zip(references, targets, strict=True)]
-    code = (f"import json, sys; {LOAD_FEATURES}; from assistant.catalog import load_catalog; "
+    code = (f"import json, sys; {LOAD_FEATURES}; from assistant.core.loaders import load_catalog; "
             "from simulator.captioner import SimulatorModel; c = load_catalog('demo:400'); "
             "m = SimulatorModel.load(sys.argv[1]); p = json.loads(sys.argv[3]); "
             "print(json.dumps(m.caption([c[r] for r, _ in p], [c[t] for _, t in p], f)))")

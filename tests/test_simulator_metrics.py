@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from assistant.catalog import Item
-from simulator.attribute_parser import AttributeParser
+from assistant.core.catalog import Item
+from assistant.core.feedback import AttributeParser
 from simulator.metrics import (
     attribute_faithfulness,
     bleu,

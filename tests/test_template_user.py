@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from assistant.catalog import Item
-from simulator.attribute_parser import AttributeParser, attribute_kind, tokenize
+from assistant.core.catalog import Item
+from assistant.core.feedback import AttributeParser, attribute_kind, tokenize
 from simulator.template_user import (
     IDENTICAL_REPLIES,
     JOINERS,

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from assistant.catalog import Item
+from assistant.core.catalog import Item
 from assistant.users import FunctionUser, User, resolve_user
 from simulator.template_user import TemplateUser
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from assistant.storage import atomic_write, atomic_write_text, cache_dir
+from assistant.core.storage import atomic_write, atomic_write_text, cache_dir
 
 # faiss's OpenMP threads busy-wait for work between parallel regions unless told otherwise; on a few cores shared
 # with other work the spinning threads take the cores the searching thread needs (this module's tests took 114 s

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -16,8 +15,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from assistant.catalog import Catalog, CatalogError, Item, load_generic
-from assistant.storage import atomic_write, atomic_write_text, cache_dir
+from assistant.core.catalog import Catalog, CatalogError, Item
+from assistant.core.storage import atomic_write, atomic_write_text, cache_dir
 
 VERSION = 3  # part of the cache folder name: bump it whenever the drawing or the sampling changes
 WIDTH, HEIGHT = 64, 80  # portrait, like the real catalog's 60x80
@@ -541,24 +540,3 @@ def contact_sheet(catalog: Catalog, path: Path, columns: int = 12, rows: int = 6
         for line, text in enumerate(_caption(item)):
             draw.text((x, y + HEIGHT * zoom + 1 + line * line_height), text, fill=(20, 20, 20), font=font)
     return atomic_write(Path(path), lambda tmp: sheet.save(tmp, format="PNG", optimize=True))
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Generate (or reuse) the demo catalog and optionally draw a contact sheet of it."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--items", type=int, default=2000, help="number of garments (default 2000)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--out", type=Path, help="generate into this folder instead of the cache")
-    parser.add_argument("--contact-sheet", type=Path, metavar="PNG", help="also write a grid of items here")
-    args = parser.parse_args(argv)
-    if args.out:
-        folder = generate_demo_catalog(args.out, n_items=args.items, seed=args.seed)
-    else:
-        folder = ensure_demo_catalog(n_items=args.items, seed=args.seed)
-    print(f"demo catalog: {folder}")
-    if args.contact_sheet:
-        print(f"contact sheet: {contact_sheet(load_generic(folder), args.contact_sheet)}")
-
-
-if __name__ == "__main__":
-    main()

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import yaml
 
 STAGES = ("backbone", "features", "attributes", "simulator", "retriever", "metrics")  # the order `train` runs
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent.parent.parent / "configs"
 T = TypeVar("T")
 
 

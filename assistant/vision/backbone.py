@@ -28,9 +28,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from assistant.catalog import Catalog, ImageError, Item
-from assistant.storage import atomic_write, atomic_write_text, cache_dir
-from assistant.text_encoder import local_text_source
+from assistant.core.catalog import Catalog, ImageError, Item
+from assistant.core.storage import atomic_write, atomic_write_text, cache_dir
+from assistant.core.text_encoder import local_text_source
 
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
 open_clip.add_model_config(MODEL_CONFIG_DIR)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from assistant.catalog import Item
+from assistant.core.catalog import Item
 
 MAX_MESSAGE_CHARS = 500
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024

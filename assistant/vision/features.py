@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -15,9 +16,9 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 from tqdm.auto import tqdm
 
-from assistant.backbone import Backbone, decode_items, item_text
-from assistant.catalog import Catalog
-from assistant.storage import atomic_write, cache_dir
+from assistant.core.catalog import Catalog
+from assistant.core.storage import atomic_write, cache_dir
+from assistant.vision.backbone import Backbone, decode_items, item_text
 
 FEATURES_FORMAT = "fashion-assistant-features/1"
 KINDS = ("image", "text", "item")
@@ -102,6 +103,17 @@ class ItemFeatures:
         if features._digest() != meta.get("sha256"):
             raise FeatureCacheError(f"{path}: checksum mismatch (the file was altered or partly written)")
         return features
+
+def features_for(features: ItemFeatures, catalog: Catalog) -> ItemFeatures:
+    """The rows of `features` for `catalog`'s items, in its order (e.g. one split of the catalog they came from)."""
+    if list(features.ids) == catalog.ids:
+        return features
+    rows = [features.row(item_id) for item_id in catalog.ids]
+    return dataclasses.replace(features, ids=catalog.ids, image=features.image[rows], text=features.text[rows],
+                               item=features.item[rows],
+                               failed={i: why for i, why in features.failed.items() if i in catalog},
+                               fingerprint=catalog.fingerprint)
+
 
 
 def features_path(backbone: Backbone, catalog: Catalog) -> Path:

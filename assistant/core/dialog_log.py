@@ -11,8 +11,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from assistant.catalog import CaptionPair
-from assistant.storage import atomic_write
+from assistant.core.catalog import CaptionPair
+from assistant.core.storage import atomic_write
 
 LOG_FILE = "dialogs.sqlite"
 TURN_KINDS = ("text", "photo", "item", "feedback")

@@ -6,9 +6,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from assistant.catalog import Catalog
-from assistant.dialog import DialogState
-from simulator.attribute_parser import AttributeParser, ParsedFeedback
+from assistant.core.catalog import Catalog
+from assistant.core.dialog import DialogState
+from assistant.core.feedback import AttributeParser, ParsedFeedback
 
 PENALTY = 10.0  # per contradicted attribute: far below any similarity score, so fitting items always rank first
 

@@ -14,8 +14,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from assistant.catalog import Catalog
-from assistant.storage import atomic_write
+from assistant.core.catalog import Catalog
+from assistant.core.storage import atomic_write
 
 OTHER = "<other>"  # the class that single-valued values with fewer than `min_count` training items are folded into
 FILE_FORMAT = "fashion-assistant-attributes/1"

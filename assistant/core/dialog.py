@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -9,9 +11,16 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
-from assistant.catalog import Catalog, Item
+from assistant.core.catalog import Catalog, Item
 
 PAGE_SIZE = 12
+
+
+
+def seeded_rng(*parts: object) -> random.Random:
+    """A random generator fixed by its parts, the same in every process and whatever was drawn before."""
+    digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode("utf-8"), digest_size=8).digest()
+    return random.Random(int.from_bytes(digest, "big"))
 
 
 @dataclass(frozen=True)
