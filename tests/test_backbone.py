@@ -21,6 +21,7 @@ from assistant.core.loaders import load_generic
 from assistant.core.text_encoder import TextEncoderError, verified_minilm_folder
 from assistant.vision.backbone import (
     BACKBONE_FILE,
+    MODEL_CONFIG_DIR,
     TRAIN_LOG_FILE,
     TRAIN_STATE_FILE,
     Backbone,
@@ -131,7 +132,7 @@ def test_hf_hub_id_loads_offline_from_the_local_cache(monkeypatch: pytest.Monkey
     snapshot.mkdir(parents=True)
     (tmp_path / "hub" / "models--shop--tiny-clip" / "refs").mkdir()
     (tmp_path / "hub" / "models--shop--tiny-clip" / "refs" / "main").write_text("abc123")
-    model_cfg = json.loads((REPO / "assistant" / "model_configs" / "fashion-vit-tiny.json").read_text())
+    model_cfg = json.loads((MODEL_CONFIG_DIR / "fashion-vit-tiny.json").read_text())
     (snapshot / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": {}}))
     weights = {name: tensor.contiguous() for name, tensor in reference.state_dict().items()}
     save_file(weights, str(snapshot / "open_clip_model.safetensors"))

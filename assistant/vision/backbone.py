@@ -56,7 +56,7 @@ class BackboneError(RuntimeError):
 class BackboneConfig:
     """The `backbone:` config section: which open_clip model, which weights, and how to train it here."""
 
-    model: str = "fashion-vit-tiny"  # an open_clip model name (ours in assistant/model_configs/) or "hf-hub:org/repo"
+    model: str = "fashion-vit-tiny"  # open_clip model name (ours in vision/model_configs/) or "hf-hub:org/repo"
     pretrained: str | None = None  # None: random init, trained here; an open_clip tag; a checkpoint file; "hf-hub:…"
     image_size: int | list[int] | None = None  # None: the model's own; int or [height, width]
     embed_dim: int | None = None  # None: the model's own; only changeable for a model trained from scratch
