@@ -11,9 +11,8 @@ from assistant.core.config import load_config, section
 from assistant.vision.attributes import AttributeConfig
 from assistant.vision.backbone import BackboneConfig
 from assistant.vision.index import IndexConfig
-from retriever.train import RetrieverConfig
-from simulator.captioner import DECODINGS
-from simulator.train import SimulatorConfig
+from retriever.model import RetrieverConfig
+from simulator.captioner import DECODINGS, SimulatorConfig
 
 CONFIG_FILE, MANIFEST_FILE, METRICS_FILE = "config.yaml", "stages.json", "metrics.json"
 ATTRIBUTES_FILE, RETRIEVER_FILE, PLOT_FILE = "attributes.safetensors", "retriever.safetensors", "evaluation.png"

@@ -24,7 +24,8 @@ from assistant.model_dir import (
     PipelineConfig,
 )
 from assistant.vision.attributes import AttributePredictor
-from assistant.vision.backbone import BACKBONE_FILE, Backbone, train_backbone
+from assistant.vision.backbone import BACKBONE_FILE, Backbone
+from assistant.vision.backbone_training import train_backbone
 from assistant.vision.features import ItemFeatures, compute_features, features_for
 from retriever.evaluate import plot
 from retriever.train import mixed_user, train_retriever

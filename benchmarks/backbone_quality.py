@@ -17,13 +17,9 @@ import torch
 
 from assistant.core.loaders import load_catalog
 from assistant.core.storage import atomic_write_text, cache_dir
-from assistant.vision.backbone import (
-    BackboneConfig,
-    cpu_has_native_bf16,
-    shuffled_pairs,
-    text_image_recall,
-    train_backbone,
-)
+from assistant.vision.backbone import BackboneConfig, cpu_has_native_bf16
+from assistant.vision.backbone_training import train_backbone
+from assistant.vision.probes import shuffled_pairs, text_image_recall
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared/data/fashion-product-images-small"
 

@@ -17,7 +17,9 @@ import torch
 
 from assistant.core.loaders import load_catalog
 from assistant.core.storage import atomic_write_text
-from assistant.vision.backbone import BackboneConfig, create_backbone, item_text, pixel_tensor, train_backbone
+from assistant.vision.backbone import BackboneConfig, create_backbone
+from assistant.vision.backbone_training import train_backbone
+from assistant.vision.preprocessing import item_text, pixel_tensor
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared/data/fashion-product-images-small"
 

@@ -25,8 +25,7 @@ from assistant.core.storage import atomic_write_text
 from assistant.vision.features import ItemFeatures
 from assistant.vision.index import IndexConfig, VectorIndex, clustered_vectors
 from retriever.baselines import KeywordRanker
-from retriever.model import DialogRetriever, RetrieverRanker
-from retriever.train import RetrieverConfig
+from retriever.model import DialogRetriever, RetrieverConfig, RetrieverRanker
 from simulator.template_user import TemplateUser
 
 RESULTS = Path(__file__).parent / "results"
@@ -70,7 +69,7 @@ def main() -> None:
             config = RetrieverConfig()
         config = dataclasses.replace(config, **json.loads(args.set))
         torch.manual_seed(args.seed)
-        retriever = DialogRetriever.create(catalog, features.dim, **config.shape_fields())
+        retriever = DialogRetriever.create(catalog, features.dim, config)
     items = retriever.item_inputs(catalog, features)
     vectors = retriever.item_vectors(items)
     index = VectorIndex.build(vectors, IndexConfig())
@@ -110,8 +109,7 @@ def main() -> None:
         **summary(per_turn["app"]), "index_only": summary(per_turn["index_only"]),
         "index": index.kind, "torch_threads": args.threads, "features": feature_source,
         "retriever": "trained" if args.retriever else "untrained (same shape, same cost)",
-        "retriever_shape": {k: v for k, v in dataclasses.asdict(retriever.shape).items()
-                            if k not in ("attribute_names", "attribute_values")},
+        "retriever_config": dataclasses.asdict(retriever.config), "feature_dim": retriever.feature_dim,
         "note": "timed: Dialog.start / Dialog.reply (feedback text encoding, query, scoring, results); top level: "
                 "the app's ranker (retriever scores over every item + 0.1 x BM25, under the feedback's attribute "
                 "constraints); "

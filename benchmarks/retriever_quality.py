@@ -20,7 +20,8 @@ from assistant.core.storage import cache_dir
 from assistant.vision.backbone import Backbone
 from assistant.vision.features import compute_features, features_for
 from retriever.evaluate import evaluate, plot, save_result, standard_systems
-from retriever.train import RetrieverConfig, mixed_user, train_retriever
+from retriever.model import RetrieverConfig
+from retriever.train import mixed_user, train_retriever
 from simulator.template_user import TemplateUser
 
 RESULTS = Path(__file__).parent / "results"

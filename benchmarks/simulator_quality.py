@@ -19,10 +19,12 @@ from assistant.core.catalog import Catalog
 from assistant.core.config import load_config, section
 from assistant.core.loaders import load_catalog
 from assistant.core.storage import atomic_write_text, cache_dir
-from assistant.vision.backbone import Backbone, pixel_tensor
+from assistant.vision.backbone import Backbone
 from assistant.vision.features import ItemFeatures, compute_features
+from assistant.vision.preprocessing import pixel_tensor
+from simulator.captioner import SimulatorConfig
 from simulator.metrics import evaluate_simulator
-from simulator.train import SimulatorConfig, train_simulator
+from simulator.train import train_simulator
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared/data/fashion-product-images-small"
 MODEL_DIR = "benchmarks/simulator-fpi"  # inside the cache folder
@@ -73,7 +75,7 @@ def main() -> None:
     result = {
         "catalog": catalog.name, "items": len(catalog), "held_out_items": len(held_out),
         "features": features.backbone_id or "backbone", "feature_dim": features.dim, "feature_s": round(feature_s, 1),
-        "config": run["config"], "train_triplets": run["triplets"], "steps": run["steps"],
+        "config": dataclasses.asdict(model.config), "train_triplets": run["triplets"], "steps": run["steps"],
         "best_step": run["best_step"], "best_val_loss": run["best_val_loss"], "train_s": run["elapsed_s"],
         "train_cpu_s": run["cpu_s"],
         "history": run["history"],

@@ -67,7 +67,7 @@ def main() -> None:
     results += [rate(decoding, 256, 256) for decoding in ("beam", "sample")]
     best_greedy = max(r["captions_per_s"] for r in results if r["decoding"] == "greedy")
     result = {"model": model_dir.name, "parameters": sum(p.numel() for p in model.network.parameters()),
-              "shape": model.settings()["shape"], "torch_threads": args.threads, "cpu": platform.processor(),
+              "config": model.settings()["config"], "torch_threads": args.threads, "cpu": platform.processor(),
               "results": results, "best_greedy_captions_per_s": best_greedy,
               "acceptance": {"greedy>=500 captions/s": best_greedy >= 500},
               "load_average_1min": round(os.getloadavg()[0], 2),

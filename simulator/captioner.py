@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +23,13 @@ from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel
 
 from assistant.core.catalog import Catalog, Item
 from assistant.core.storage import atomic_write, atomic_write_text
+from assistant.core.training import load_module_weights, module_weights
 from simulator.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, CaptionTokenizer
 
 WEIGHTS_FILE, TOKENIZER_FILE, SETTINGS_FILE = "simulator.safetensors", "simulator.spm", "simulator.json"
 DECODINGS = ("greedy", "beam", "sample")
 UNKNOWN = "<unk>"
+MAX_VALUE_PIECES = 8  # caption pieces spelling an attribute value (longer values are cut)
 ROLES = ("reference feature", "target feature", "feature difference",
          "reference attribute", "target attribute", "attribute difference", "reference title", "target title")
 
@@ -67,61 +69,80 @@ class AttributeVocab:
         return ["" if token.endswith(f"={UNKNOWN}") else token.split("=", 1)[1] for token in self.tokens]
 
 
-@dataclass(frozen=True)
-class CaptionerShape:
-    """Everything needed to rebuild the network before loading its weights."""
+@dataclass
+class SimulatorConfig:
+    """The `simulator:` config section, saved beside the weights: network size, data, optimisation, stopping and
+    decoding (defaults: fpi-cpu). The sizes the data decide (feature width, vocabularies) are saved beside it."""
 
-    feature_dim: int
-    vocab_size: int
-    attribute_tokens: int
-    attribute_slots: int
-    n_embd: int = 192
+    feature: str = "item"  # which ItemFeatures vectors describe an item: "item" or "image"
+    n_embd: int = 128
     n_layer: int = 2
     n_head: int = 4
-    encoder_layers: int = 1
+    encoder_layers: int = 0  # transformer layers over the pair sequence before the decoder reads it
+    dropout: float = 0.0  # dropout is costly on CPU and generated triplets are plentiful
     max_caption_tokens: int = 32
-    max_value_pieces: int = 8
-    title_tokens: int = 12
-    dropout: float = 0.1
+    title_tokens: int = 12  # caption pieces of each title the model sees (0: none)
+    vocab_size: int = 2000  # upper bound; the tokenizer is sized to the corpus
+    triplets: int = 40000  # template-shopper training pairs from the train split
+    val_pairs: int = 500  # template-shopper pairs from the val split
+    similar_fraction: float = 0.7  # share of pairs whose reference is similar to the target (as in rollouts)
+    max_facets: int = 2  # the template shopper it learns from: differences named per turn
+    title_words: int = 1  # ... and title words (brand, style) named per turn
+    human_pairs: bool = True  # add the catalog's human caption pairs (Fashion IQ) from the train split
+    batch_size: int = 64  # global batch, split across DDP ranks
+    learning_rate: float = 3e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    max_steps: int = 6000
+    eval_every: int = 250  # steps between validation + checkpoint
+    patience: int = 4  # evaluations without a better validation loss before stopping
+    max_minutes: float = 0.0  # wall-clock budget (0: none); training stops at the next evaluation past it
+    seed: int = 0
+    beams: int = 4
+    top_p: float = 0.9
+    device: str = "auto"  # "auto" (cuda, then mps, then cpu), "cpu", "cuda"
+    amp: bool = True  # mixed precision, on CUDA only
+    threads: int = 0  # torch CPU threads (0: torch's default)
 
 
 class RelativeCaptioner(nn.Module):
     """Pair encoder (features + attribute tokens) and a GPT-2 decoder cross-attending over it."""
 
-    def __init__(self, shape: CaptionerShape) -> None:
+    def __init__(self, config: SimulatorConfig, feature_dim: int, vocab_size: int, attribute_tokens: int,
+                 attribute_slots: int) -> None:
         super().__init__()
-        self.shape = shape
-        width = shape.n_embd
-        self.feature_projection = nn.Sequential(nn.LayerNorm(shape.feature_dim), nn.Linear(shape.feature_dim, width))
-        self.attribute_embedding = nn.Embedding(shape.attribute_tokens, width)
+        self.config = config
+        self.feature_dim = feature_dim
+        width = config.n_embd
+        self.feature_projection = nn.Sequential(nn.LayerNorm(feature_dim), nn.Linear(feature_dim, width))
+        self.attribute_embedding = nn.Embedding(attribute_tokens, width)
         self.role_embedding = nn.Embedding(len(ROLES), width)
-        self.slot_embedding = nn.Embedding(shape.attribute_slots + 1, width)  # slot 0: the feature tokens
+        self.slot_embedding = nn.Embedding(attribute_slots + 1, width)  # slot 0: the feature tokens
         self.changed_embedding = nn.Embedding(2, width)  # on every attribute token: did this attribute change?
-        self.title_position = nn.Embedding(max(shape.title_tokens, 1), width)
+        self.title_position = nn.Embedding(max(config.title_tokens, 1), width)
         # Caption pieces spelling each attribute value; their (tied) decoder embeddings are added to the
         # value's own embedding, so saying a value the encoder holds is close to copying it.
-        self.register_buffer("value_pieces", torch.zeros(shape.attribute_tokens, shape.max_value_pieces,
-                                                         dtype=torch.long))
+        self.register_buffer("value_pieces", torch.zeros(attribute_tokens, MAX_VALUE_PIECES, dtype=torch.long))
         self.encoder: nn.TransformerEncoder | None = None  # optional: lets the pair's tokens see each other
-        if shape.encoder_layers:
-            layer = nn.TransformerEncoderLayer(width, shape.n_head, dim_feedforward=4 * width,
-                                               dropout=shape.dropout, batch_first=True, norm_first=True)
-            self.encoder = nn.TransformerEncoder(layer, shape.encoder_layers, enable_nested_tensor=False)
+        if config.encoder_layers:
+            layer = nn.TransformerEncoderLayer(width, config.n_head, dim_feedforward=4 * width,
+                                               dropout=config.dropout, batch_first=True, norm_first=True)
+            self.encoder = nn.TransformerEncoder(layer, config.encoder_layers, enable_nested_tensor=False)
         self.encoder_norm = nn.LayerNorm(width)
         for embedding in (self.attribute_embedding, self.role_embedding, self.slot_embedding, self.changed_embedding,
                           self.title_position):
             nn.init.normal_(embedding.weight, std=0.02)  # GPT-2's scale, so the spelled values are not drowned out
         self.decoder = GPT2LMHeadModel(GPT2Config(
-            vocab_size=shape.vocab_size, n_positions=shape.max_caption_tokens + 2, n_embd=width,
-            n_layer=shape.n_layer, n_head=shape.n_head, add_cross_attention=True,
-            resid_pdrop=shape.dropout, embd_pdrop=shape.dropout, attn_pdrop=shape.dropout,
+            vocab_size=vocab_size, n_positions=config.max_caption_tokens + 2, n_embd=width,
+            n_layer=config.n_layer, n_head=config.n_head, add_cross_attention=True,
+            resid_pdrop=config.dropout, embd_pdrop=config.dropout, attn_pdrop=config.dropout,
             bos_token_id=BOS_ID, eos_token_id=EOS_ID, tie_word_embeddings=True))
 
     def set_value_pieces(self, pieces: Sequence[Sequence[int]]) -> None:
-        """Store the caption-token spelling of every attribute token (truncated to max_value_pieces)."""
+        """Store the caption-token spelling of every attribute token (truncated to MAX_VALUE_PIECES)."""
         table = torch.zeros_like(self.value_pieces)
         for row, ids in enumerate(pieces):
-            ids = list(ids)[: self.shape.max_value_pieces]
+            ids = list(ids)[:MAX_VALUE_PIECES]
             table[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         self.value_pieces.copy_(table)
 
@@ -210,26 +231,28 @@ class SimulatorModel:
     """A trained relative captioner with its tokenizer and attribute vocabulary: items in, captions out."""
 
     def __init__(self, network: RelativeCaptioner, tokenizer: CaptionTokenizer, attributes: AttributeVocab,
-                 feature_kind: str = "item", feature_source: str = "", beams: int = 4, top_p: float = 0.9,
-                 training_run: dict | None = None) -> None:
+                 feature_source: str = "", training_run: dict | None = None) -> None:
         self.network = network
         self.tokenizer = tokenizer
         self.attributes = attributes
-        self.feature_kind = feature_kind
         self.feature_source = feature_source  # the backbone id of the features it was trained on, when known
-        self.beams = beams
-        self.top_p = top_p
         self.training_run = training_run or {}
 
     @classmethod
     def build(cls, tokenizer: CaptionTokenizer, attributes: AttributeVocab, feature_dim: int,
-              feature_kind: str = "item", feature_source: str = "", **shape: int | float) -> SimulatorModel:
-        """A freshly initialised model sized for this tokenizer, vocabulary and feature width."""
-        network = RelativeCaptioner(CaptionerShape(
-            feature_dim=feature_dim, vocab_size=tokenizer.vocab_size, attribute_tokens=len(attributes),
-            attribute_slots=len(attributes.names), **shape))
+              config: SimulatorConfig, feature_source: str = "") -> SimulatorModel:
+        """A freshly initialised model of `config` sized for this tokenizer, vocabulary and feature width."""
+        network = RelativeCaptioner(config, feature_dim, tokenizer.vocab_size, len(attributes), len(attributes.names))
         network.set_value_pieces(tokenizer.encode(attributes.value_texts()))
-        return cls(network, tokenizer, attributes, feature_kind, feature_source)
+        return cls(network, tokenizer, attributes, feature_source)
+
+    @property
+    def config(self) -> SimulatorConfig:
+        return self.network.config
+
+    @property
+    def feature_kind(self) -> str:
+        return self.network.config.feature
 
     @property
     def device(self) -> torch.device:
@@ -241,8 +264,8 @@ class SimulatorModel:
         if self.feature_source and source and source != self.feature_source:
             raise ValueError(f"the simulator was trained on features of backbone {self.feature_source!r}, these come "
                              f"from {source!r}: compute the features with the backbone it was trained with")
-        if lookup.dim != self.network.shape.feature_dim:
-            raise ValueError(f"the simulator was trained on {self.network.shape.feature_dim}-d {self.feature_kind} "
+        if lookup.dim != self.network.feature_dim:
+            raise ValueError(f"the simulator was trained on {self.network.feature_dim}-d {self.feature_kind} "
                              f"features, these are {lookup.dim}-d: use the same backbone it was trained with")
         return lookup
 
@@ -259,7 +282,7 @@ class SimulatorModel:
 
     def title_ids(self, titles: Sequence[str]) -> torch.Tensor:
         """(B, title_tokens) caption pieces of each title, padded."""
-        length = self.network.shape.title_tokens
+        length = self.config.title_tokens
         table = torch.full((len(titles), length), PAD_ID, dtype=torch.long)
         for row, ids in enumerate(self.tokenizer.encode(titles)):
             table[row, : len(ids[:length])] = torch.tensor(ids[:length], dtype=torch.long)
@@ -272,7 +295,7 @@ class SimulatorModel:
         if len(references) != len(targets):
             raise ValueError(f"{len(references)} references but {len(targets)} targets")
         lookup = lookup if lookup is not None else self.lookup(features)
-        config = generation_config(decoding, self.network.shape.max_caption_tokens, self.beams, self.top_p)
+        config = generation_config(decoding, self.config.max_caption_tokens, self.config.beams, self.config.top_p)
         was_training = self.network.training
         self.network.eval()
         captions: list[str] = []
@@ -309,15 +332,15 @@ class SimulatorModel:
         return (token_log_probs * (labels != PAD_ID)).sum(1).cpu().numpy()
 
     def settings(self) -> dict:
-        return {"shape": asdict(self.network.shape), "attributes": self.attributes.values,
-                "feature_kind": self.feature_kind, "feature_source": self.feature_source, "beams": self.beams,
-                "top_p": self.top_p, "training_run": self.training_run}
+        """What simulator.json holds: the config, the sizes the data decided, and the run that trained it."""
+        return {"config": asdict(self.config), "feature_dim": self.network.feature_dim,
+                "attributes": self.attributes.values, "feature_source": self.feature_source,
+                "training_run": self.training_run}
 
     def save(self, directory: Path) -> Path:
         """simulator.safetensors + simulator.spm + simulator.json into `directory` (each written atomically)."""
         directory = Path(directory)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.network.state_dict().items()}
-        state.pop("decoder.lm_head.weight", None)  # tied to the word embeddings
+        state = module_weights(self.network)  # the LM head is tied to the word embeddings: stored once
         atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp)))
         self.tokenizer.save(directory / TOKENIZER_FILE)
         atomic_write_text(directory / SETTINGS_FILE, json.dumps(self.settings(), indent=2, ensure_ascii=False))
@@ -332,17 +355,32 @@ class SimulatorModel:
             raise FileNotFoundError(f"{directory}: not a simulator model directory (missing {', '.join(missing)})")
         try:
             settings = json.loads((directory / SETTINGS_FILE).read_text(encoding="utf-8"))
-            shape = CaptionerShape(**settings["shape"])
+            config, feature_dim = _saved_config(settings)
+            attributes = AttributeVocab(settings["attributes"])
         except (ValueError, KeyError, TypeError) as error:
             raise ValueError(f"{directory / SETTINGS_FILE}: unreadable simulator settings ({error})") from error
-        network = RelativeCaptioner(shape)
+        tokenizer = CaptionTokenizer.load(directory / TOKENIZER_FILE)
+        network = RelativeCaptioner(config, feature_dim, tokenizer.vocab_size, len(attributes), len(attributes.names))
         try:
             state = load_file(str(directory / WEIGHTS_FILE))
         except Exception as error:  # safetensors raises its own error types for corrupt files
             raise ValueError(f"{directory / WEIGHTS_FILE}: unreadable weights ({error})") from error
-        state["decoder.lm_head.weight"] = state["decoder.transformer.wte.weight"]
-        network.load_state_dict(state)
-        model = cls(network.to(device).eval(), CaptionTokenizer.load(directory / TOKENIZER_FILE),
-                    AttributeVocab(settings["attributes"]), settings["feature_kind"], settings["feature_source"],
-                    settings["beams"], settings["top_p"], settings.get("training_run"))
-        return model
+        load_module_weights(network, state)
+        return cls(network.to(device).eval(), tokenizer, attributes, settings["feature_source"],
+                   settings.get("training_run"))
+
+
+def _saved_config(settings: dict) -> tuple[SimulatorConfig, int]:
+    """(config, feature width) from simulator.json. Files written before the config and the network's shape were
+    one dataclass hold a "shape" and keep the rest of the config in the training record: merged here."""
+    if "config" in settings:
+        return SimulatorConfig(**settings["config"]), int(settings["feature_dim"])
+    shape = settings["shape"]
+    if shape.get("max_value_pieces", MAX_VALUE_PIECES) != MAX_VALUE_PIECES:
+        raise ValueError(f"max_value_pieces {shape['max_value_pieces']} (this code spells values in "
+                         f"{MAX_VALUE_PIECES} pieces)")
+    names = {field.name for field in fields(SimulatorConfig)} - {"vocab_size"}  # the shape's is the tokenizer's
+    trained_with = settings.get("training_run", {}).get("config", {})
+    config = {**trained_with, **{k: v for k, v in shape.items() if k in names},
+              "feature": settings["feature_kind"], "beams": settings["beams"], "top_p": settings["top_p"]}
+    return SimulatorConfig(**config), int(shape["feature_dim"])

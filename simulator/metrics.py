@@ -169,10 +169,10 @@ def evaluate_simulator(model: SimulatorModel, catalog: Catalog, features, pairs:
     on (same facet budget and title words) captions the same pairs: its captions are the BLEU/ROUGE/CIDEr
     references, and its faithfulness is reported beside the model's as a yardstick.
     """
-    trained_on = model.training_run.get("config", {})
-    max_facets = trained_on.get("max_facets", DEFAULT_MAX_FACETS)
-    shopper = TemplateUser(catalog, seed=seed, max_facets=max_facets, title_words=trained_on.get("title_words", 1))
-    triplets = training_triplets(catalog, pairs, seed=seed, similar_fraction=trained_on.get("similar_fraction", 0.7),
+    trained_on = model.config
+    max_facets = trained_on.max_facets
+    shopper = TemplateUser(catalog, seed=seed, max_facets=max_facets, title_words=trained_on.title_words)
+    triplets = training_triplets(catalog, pairs, seed=seed, similar_fraction=trained_on.similar_fraction,
                                  user=shopper)
     if not triplets:
         raise ValueError(f"{catalog.name}: no pairs to evaluate on")

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,40 @@ def demo_assistant(demo_model_dir: Path):
     from assistant.api import Assistant
 
     return Assistant.load(demo_model_dir, "demo:300", progress=False)
+
+
+class ShardLog:
+    """What each DDP rank took as its share: `record` in a rank's process, then `calls` checks all ranks' logs."""
+
+    def record(self, distributed: type, out: Path, rank: int) -> None:
+        """From now on this process appends every `distributed.shard` (assistant.core.training.Distributed) it
+        takes to out/shards-<rank>.jsonl."""
+        out.mkdir(parents=True, exist_ok=True)
+        path, shard = out / f"shards-{rank}.jsonl", distributed.shard
+
+        def recording(ranks, items: Sequence) -> Sequence:
+            share = shard(ranks, items)
+            with path.open("a") as handle:
+                handle.write(json.dumps([ranks.rank, ranks.world, [int(i) for i in items],
+                                         [int(i) for i in share]]) + "\n")
+            return share
+
+        distributed.shard = recording
+
+    def calls(self, out: Path, world: int) -> int:
+        """How many shards each rank took, after asserting that every rank knew it was one of `world` and that
+        at each shard the ranks' shares were disjoint, non-empty and together the whole."""
+        per_rank = [[json.loads(line) for line in (out / f"shards-{rank}.jsonl").read_text().splitlines()]
+                    for rank in range(world)]
+        assert len({len(shards) for shards in per_rank}) == 1 and per_rank[0], [len(s) for s in per_rank]
+        for calls in zip(*per_rank, strict=True):
+            assert [(rank, size) for rank, size, _, _ in calls] == [(rank, world) for rank in range(world)]
+            whole, shares = calls[0][2], [share for *_, share in calls]
+            assert all(call[2] == whole for call in calls) and all(shares)
+            assert sorted(i for share in shares for i in share) == sorted(whole)
+        return len(per_rank[0])
+
+
+@pytest.fixture(scope="session")
+def shard_log() -> ShardLog:
+    return ShardLog()

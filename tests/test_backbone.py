@@ -22,21 +22,15 @@ from assistant.core.text_encoder import TextEncoderError, verified_minilm_folder
 from assistant.vision.backbone import (
     BACKBONE_FILE,
     MODEL_CONFIG_DIR,
-    TRAIN_LOG_FILE,
-    TRAIN_STATE_FILE,
     Backbone,
     BackboneConfig,
     BackboneError,
     cpu_has_native_bf16,
     create_backbone,
-    item_text,
-    letterbox,
-    pixel_cache_path,
-    pixel_tensor,
-    shuffled_pairs,
-    text_image_recall,
-    train_backbone,
 )
+from assistant.vision.backbone_training import TRAIN_LOG_FILE, TRAIN_STATE_FILE, train_backbone
+from assistant.vision.preprocessing import item_text, letterbox, pixel_cache_path, pixel_tensor
+from assistant.vision.probes import shuffled_pairs, text_image_recall
 
 REPO = Path(__file__).resolve().parent.parent
 # A small fast variant of the default model for tests: 32x24 pixels, 12 patches.

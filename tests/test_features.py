@@ -13,8 +13,9 @@ import pytest
 
 from assistant.core.catalog import Catalog, Item
 from assistant.core.loaders import load_generic
-from assistant.vision.backbone import Backbone, BackboneConfig, create_backbone, item_text
+from assistant.vision.backbone import Backbone, BackboneConfig, create_backbone
 from assistant.vision.features import FeatureCacheError, ItemFeatures, compute_features, features_path
+from assistant.vision.preprocessing import item_text
 
 
 @pytest.fixture(scope="module")

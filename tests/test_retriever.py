@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from conftest import ShardLog
 
 from assistant.core.catalog import Catalog
 from assistant.core.dialog import DialogState, ShownImage, Turn, run_dialogs
 from assistant.core.loaders import load_catalog
+from assistant.core.training import Distributed
 from assistant.vision.backbone import BackboneConfig, create_backbone
 from assistant.vision.features import ItemFeatures, compute_features, features_for
 from retriever.evaluate import evaluate, standard_systems
@@ -25,10 +27,11 @@ from retriever.model import (
     NO_ITEM,
     TEXT,
     DialogRetriever,
+    RetrieverConfig,
     RetrieverRanker,
 )
 from retriever.text import FeedbackTextEncoder
-from retriever.train import RETRIEVER_FILE, TRAIN_LOG_FILE, RetrieverConfig, train_retriever
+from retriever.train import RETRIEVER_FILE, TRAIN_LOG_FILE, train_retriever
 from simulator.template_user import TemplateUser
 
 TINY = {"width": 32, "layers": 1, "heads": 2, "feedforward": 64, "dropout": 0.0, "text_mode": "static",
@@ -54,8 +57,8 @@ def features(demo: Catalog, backbone) -> ItemFeatures:
 @pytest.fixture(scope="module")
 def retriever(demo: Catalog, features: ItemFeatures) -> DialogRetriever:
     torch.manual_seed(0)
-    return DialogRetriever.create(demo, features.dim, width=32, layers=2, heads=2, feedforward=64,
-                                  text_mode="contextual")
+    return DialogRetriever.create(demo, features.dim, RetrieverConfig(width=32, layers=2, heads=2, feedforward=64,
+                                                                      text_mode="contextual"))
 
 
 def test_history_layout_per_turn(retriever: DialogRetriever, demo: Catalog, features: ItemFeatures) -> None:
@@ -148,12 +151,14 @@ def _free_port() -> int:
 
 
 def _train_worker(rank: int, world: int, port: int, catalog: Catalog, features: ItemFeatures, config: dict,
-                  out: str) -> None:
+                  out: str, shards: ShardLog | None = None) -> None:
     """One training process; with world > 1 it gets the environment torchrun gives each rank."""
     torch.set_num_threads(1)  # a forked process must not enter OpenMP parallel regions (see conftest.forked)
     if world > 1:
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                           LOCAL_RANK=str(rank))
+    if shards is not None:
+        shards.record(Distributed, Path(out), rank)
     train_retriever(catalog, features, TemplateUser(catalog, seed=1), RetrieverConfig(**config), Path(out))
 
 
@@ -162,17 +167,21 @@ def _losses(out: Path) -> list[float]:
 
 
 def test_two_processes_follow_the_one_process_loss(tmp_path: Path, demo: Catalog, features: ItemFeatures,
-                                                  forked) -> None:
+                                                  forked, shard_log: ShardLog) -> None:
     config = {**TINY, "epochs": 2, "threads": 1}
     # forked processes start at once, where torchrun-launched ones would each spend seconds importing torch again
     single = forked(_train_worker, 0, 1, 0, demo, features, config, str(tmp_path / "world1"))
-    mp.start_processes(_train_worker, args=(2, _free_port(), demo, features, config, str(tmp_path / "world2")),
-                       nprocs=2, start_method="fork")
+    mp.start_processes(_train_worker, args=(2, _free_port(), demo, features, config, str(tmp_path / "world2"),
+                                            shard_log), nprocs=2, start_method="fork")
     single.join(timeout=300)
     assert single.exitcode == 0
     one, two = _losses(tmp_path / "world1"), _losses(tmp_path / "world2")
     assert len(one) == len(two) == 4
     assert np.allclose(one, two, rtol=2e-3), (one, two)
+    logs = [json.loads((tmp_path / name / TRAIN_LOG_FILE).read_text()) for name in ("world1", "world2")]
+    assert [e["world_size"] for e in logs[0]] == [1, 1] and [e["world_size"] for e in logs[1]] == [2, 2]
+    # each epoch's rollouts and both of its batches were split between the two ranks
+    assert shard_log.calls(tmp_path / "world2", world=2) == 2 * (1 + 2)
 
 
 def test_a_killed_run_resumes_where_it_stopped(tmp_path: Path, demo: Catalog, features: ItemFeatures,

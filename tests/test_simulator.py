@@ -16,15 +16,17 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from conftest import ShardLog
 
 from assistant.core.catalog import Catalog, Item
 from assistant.core.loaders import load_catalog
-from assistant.vision.backbone import pixel_tensor
+from assistant.core.training import Distributed, read_checkpoint
 from assistant.vision.features import ItemFeatures
-from simulator.captioner import AttributeVocab, SimulatorModel
+from assistant.vision.preprocessing import pixel_tensor
+from simulator.captioner import AttributeVocab, SimulatorConfig, SimulatorModel
 from simulator.metrics import evaluate_simulator
 from simulator.tokenizer import CaptionTokenizer
-from simulator.train import RESUME_FILE, SimulatorConfig, read_resume_state, train_simulator
+from simulator.train import RESUME_FILE, train_simulator
 from simulator.user import SimulatorUser, load_simulator_user
 
 REPO = Path(__file__).resolve().parent.parent
@@ -103,7 +105,7 @@ def test_tiny_simulator_states_true_attribute_values_on_held_out_items(
     assert result["attribute_recall_budget"] >= 0.6, result
     assert result["asserted_per_caption"] >= 1.0
     assert result["bleu_4"] > 0.05 and result["captions_per_s"] > 0
-    untrained = SimulatorModel.build(model.tokenizer, model.attributes, demo_features.dim, **TINY.shape())
+    untrained = SimulatorModel.build(model.tokenizer, model.attributes, demo_features.dim, TINY)
     baseline = evaluate_simulator(untrained, held_out, demo_features, pairs=100, seed=5)
     assert baseline["attribute_precision"] < 0.5 and baseline["attribute_recall_budget"] < 0.2
     assert model.training_run["finished"] and model.training_run["best_val_loss"] < 1.5
@@ -160,8 +162,9 @@ def test_training_resumes_from_the_checkpoint_of_a_killed_run(
         time.sleep(0.02)
     child.kill()
     child.join()
-    saved = read_resume_state(out / RESUME_FILE)
-    assert saved is not None, f"no checkpoint; the training process ended with {child.exitcode}"
+    checkpoint = read_checkpoint(out / RESUME_FILE)
+    assert checkpoint is not None, f"no checkpoint; the training process ended with {child.exitcode}"
+    saved = checkpoint.counters
     assert MICRO.eval_every <= saved["step"] < MICRO.max_steps
     resumed = train_simulator(demo, demo_features, MICRO, out)
     history = resumed.training_run["history"]
@@ -175,10 +178,11 @@ def test_training_resumes_from_the_checkpoint_of_a_killed_run(
 
 
 def _ddp_worker(rank: int, world: int, port: int, catalog: Catalog, features: ItemFeatures,
-                config: SimulatorConfig, out: str) -> None:
+                config: SimulatorConfig, out: str, shards: ShardLog) -> None:
     torch.set_num_threads(1)  # a forked process must not enter OpenMP parallel regions (see conftest.forked)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
+    shards.record(Distributed, Path(out), rank)
     train_simulator(catalog, features, config, out, resume=False)
 
 
@@ -189,13 +193,16 @@ def free_port() -> int:
 
 
 def test_ddp_on_two_gloo_processes_matches_a_single_process(
-        demo: Catalog, demo_features: ItemFeatures, tmp_path: Path) -> None:
+        demo: Catalog, demo_features: ItemFeatures, tmp_path: Path, shard_log: ShardLog) -> None:
     config = dataclasses.replace(MICRO, max_steps=6, eval_every=3, batch_size=32)
     single = train_simulator(demo, demo_features, config, tmp_path / "single", resume=False)
     # forked workers start at once (spawned ones spend ~10 s each re-importing torch and transformers)
-    mp.start_processes(_ddp_worker, args=(2, free_port(), demo, demo_features, config, str(tmp_path / "ddp")),
-                       nprocs=2, start_method="fork")
+    mp.start_processes(_ddp_worker, args=(2, free_port(), demo, demo_features, config, str(tmp_path / "ddp"),
+                                          shard_log), nprocs=2, start_method="fork")
     ddp = SimulatorModel.load(tmp_path / "ddp")
+    assert single.training_run["world_size"] == 1 and ddp.training_run["world_size"] == 2
+    # every training step's batch and each validation were split between the two ranks
+    assert shard_log.calls(tmp_path / "ddp", world=2) == config.max_steps + config.max_steps // config.eval_every
     for one, two in zip(single.training_run["history"], ddp.training_run["history"], strict=True):
         assert one["step"] == two["step"]
         assert two["train_loss"] == pytest.approx(one["train_loss"], rel=1e-3)

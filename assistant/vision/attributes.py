@@ -16,6 +16,7 @@ from torch import nn
 
 from assistant.core.catalog import Catalog
 from assistant.core.storage import atomic_write
+from assistant.core.training import load_module_weights, module_weights, resolve_device
 
 OTHER = "<other>"  # the class that single-valued values with fewer than `min_count` training items are folded into
 FILE_FORMAT = "fashion-assistant-attributes/1"
@@ -60,16 +61,6 @@ def split_values(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
 
 
-def _device(name: str) -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
 class _Heads(nn.Module):
     """Standardise the embedding, then one small MLP (or linear layer) per attribute."""
 
@@ -105,7 +96,7 @@ class AttributePredictor:
         self.heads = heads
         self.model = model
         self.config = config
-        self.device = _device(config.device)
+        self.device = resolve_device(config.device)
         self.model.to(self.device).eval()
 
     @property
@@ -268,7 +259,7 @@ class AttributePredictor:
 
     def save(self, path: Path) -> Path:
         """One safetensors file: the weights, with the config and the value vocabulary as JSON metadata."""
-        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        state = module_weights(self.model)
         metadata = {"format": FILE_FORMAT, "config": json.dumps(asdict(self.config)),
                     "heads": json.dumps([asdict(h) for h in self.heads], ensure_ascii=False)}
         return atomic_write(Path(path), lambda tmp: save_file(state, str(tmp), metadata=metadata))
@@ -293,7 +284,7 @@ class AttributePredictor:
             config = replace(config, device=device)
         model = _Heads(state["mean"].shape[0], [len(h.values) for h in heads], config.hidden, config.dropout)
         try:
-            model.load_state_dict(state)
+            load_module_weights(model, state)
         except RuntimeError as error:
             raise ValueError(f"{path}: weights do not match its heads ({str(error).splitlines()[0]})") from None
         return cls(heads, model, config)

@@ -18,7 +18,8 @@ from tqdm.auto import tqdm
 
 from assistant.core.catalog import Catalog
 from assistant.core.storage import atomic_write, cache_dir
-from assistant.vision.backbone import Backbone, decode_items, item_text
+from assistant.vision.backbone import Backbone
+from assistant.vision.preprocessing import decode_items, item_text
 
 FEATURES_FORMAT = "fashion-assistant-features/1"
 KINDS = ("image", "text", "item")
