@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -13,6 +14,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from conftest import ShardLog
+from safetensors.torch import save_file
 
 from assistant.core.catalog import Catalog
 from assistant.core.dialog import DialogState, ShownImage, Turn, run_dialogs
@@ -115,6 +117,28 @@ def test_save_and_load_give_the_same_vectors(retriever: DialogRetriever, demo: C
         DialogRetriever.load(path)
     with pytest.raises(ValueError, match="no trained retriever"):
         DialogRetriever.load(tmp_path / "missing.safetensors")
+
+
+def test_a_retriever_file_written_before_the_one_config_still_loads(
+        retriever: DialogRetriever, demo: Catalog, features: ItemFeatures, tmp_path: Path) -> None:
+    config = retriever.config
+    # the layout before RetrieverConfig and RetrieverShape were merged: the shape, and the config in "extra"
+    shape = {"feature_dim": features.dim, "attribute_names": retriever.vocabulary.names,
+             "attribute_values": retriever.vocabulary.values, "max_text_pieces": 24, "max_title_pieces": 16,
+             **{name: getattr(config, name) for name in ("width", "layers", "heads", "feedforward", "dropout",
+                                                         "max_turns", "text_mode", "item_space", "use_attributes")}}
+    trained_with = {**dataclasses.asdict(config), "width": 999}  # the shape wins over the config beside it
+    tensors = {name: value.contiguous() for name, value in retriever.network.state_dict().items()}
+    save_file(tensors, str(tmp_path / RETRIEVER_FILE), metadata={
+        "format": "fashion-assistant-retriever/1", "shape": json.dumps(shape),
+        "extra": json.dumps({"config": trained_with, "epochs": []})})
+    loaded = DialogRetriever.load(tmp_path / RETRIEVER_FILE)
+    assert loaded.config == config and loaded.feature_dim == features.dim
+    assert loaded.vocabulary.ids == retriever.vocabulary.ids
+    items = retriever.item_inputs(demo, features)
+    state = DialogState([Turn(7, "make it green"), Turn(9, "longer sleeves")])
+    assert np.array_equal(loaded.item_vectors(items), retriever.item_vectors(items))
+    assert np.array_equal(loaded.query_vectors([state], items), retriever.query_vectors([state], items))
 
 
 def test_trained_retriever_closes_in_over_the_turns(tmp_path: Path, backbone) -> None:

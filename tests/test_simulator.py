@@ -243,6 +243,33 @@ def test_unseen_values_and_attributes_fall_back_to_unknown_tokens(
     assert len(captions) == 1 and isinstance(captions[0], str)
 
 
+def test_a_model_directory_written_before_the_one_config_still_loads(
+        trained: Path, model: SimulatorModel, demo_features: ItemFeatures,
+        test_pairs: tuple[list[Item], list[Item]], tmp_path: Path) -> None:
+    old = tmp_path / "old"
+    old.mkdir()
+    for name in ("simulator.safetensors", "simulator.spm"):
+        (old / name).write_bytes((trained / name).read_bytes())
+    config = model.config
+    # simulator.json as the code before SimulatorConfig and CaptionerShape were merged wrote it
+    shape = {"feature_dim": demo_features.dim, "vocab_size": model.tokenizer.vocab_size,
+             "attribute_tokens": len(model.attributes), "attribute_slots": len(model.attributes.names),
+             "n_embd": config.n_embd, "n_layer": config.n_layer, "n_head": config.n_head,
+             "encoder_layers": config.encoder_layers, "max_caption_tokens": config.max_caption_tokens,
+             "max_value_pieces": 8, "title_tokens": config.title_tokens, "dropout": config.dropout}
+    run = {**model.training_run, "config": dataclasses.asdict(config)}
+    (old / "simulator.json").write_text(json.dumps(
+        {"shape": shape, "attributes": model.attributes.values, "feature_kind": config.feature,
+         "feature_source": model.feature_source, "beams": config.beams, "top_p": config.top_p, "training_run": run}))
+    loaded = SimulatorModel.load(old)
+    assert loaded.config == config and loaded.network.feature_dim == demo_features.dim
+    references, targets = test_pairs
+    assert loaded.caption(references, targets, demo_features) == model.caption(references, targets, demo_features)
+    loaded.save(old)  # saving writes the one-config layout
+    assert "config" in json.loads((old / "simulator.json").read_text())
+    assert SimulatorModel.load(old).config == config
+
+
 def test_bad_model_directories_and_features_get_clear_errors(
         trained: Path, model: SimulatorModel, demo: Catalog, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="not a simulator model directory"):
