@@ -58,7 +58,7 @@ class BackboneConfig:
     attribute_loss: float = 0.0  # weight of a cross-entropy loss on the catalog's labels beside the CLIP loss
     attribute_min_count: int = 5  # labels seen fewer times than this are ignored by that loss
     seed: int = 0
-    device: str = "auto"  # auto: cuda when present, else cpu
+    device: str = "auto"  # auto: cuda, then mps, then cpu
     amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling)
     cpu_bf16: bool = True  # encode in bf16 on CPUs with native bf16 (AVX512-BF16/AMX): ~2x faster, cos > 0.999
     encode_batch_size: int = 512
