@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from assistant.core.dialog_log import read_dialogs
+from assistant.core.store import read_dialogs
 from assistant.webapp import launch_app
 
 playwright_api = pytest.importorskip("playwright.sync_api")
