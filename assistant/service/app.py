@@ -257,7 +257,8 @@ def create_app(assistant: Any, store: DialogStore, api_key: str | None = None,
         """Start a dialog from `text`, an `item_id`, or both (JSON), or from an `image` upload with optional
         `text` (multipart form). Answers the first page of items."""
         upload = None
-        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        if request.headers.get("content-type", "").startswith(("multipart/form-data",
+                                                                "application/x-www-form-urlencoded")):
             form = await request.form(max_files=1, max_fields=4)
             unknown = set(form) - {"image", "text", "item_id"}
             if unknown:
