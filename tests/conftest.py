@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import pwd
-import shutil
-import socket
-import subprocess
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from assistant.core.store import PostgresMissing, temporary_postgres
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -95,40 +92,11 @@ def demo_assistant(demo_model_dir: Path):
     return Assistant.load(demo_model_dir, "demo:300", progress=False)
 
 
-def _postgres_bin(name: str) -> str | None:
-    """A PostgreSQL server program: on PATH, else the newest of Debian's /usr/lib/postgresql/*/bin."""
-    found = shutil.which(name)
-    if found:
-        return found
-    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), key=lambda p: int(p.parts[-3]))
-    return str(candidates[-1]) if candidates else None
-
-
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
-    """A real PostgreSQL server for the test session: a new cluster in a temp dir, listening on loopback only,
-    stopped at the end. Run as the `postgres` user when the tests run as root (initdb refuses root)."""
-    initdb, pg_ctl = _postgres_bin("initdb"), _postgres_bin("pg_ctl")
-    if not initdb or not pg_ctl:
-        pytest.skip("PostgreSQL's initdb/pg_ctl are not installed (apt-get install postgresql; .ci/run does)")
-    # a temp dir of its own: pytest's are private to root, and the server runs as postgres under root
-    root = Path(tempfile.mkdtemp(prefix="fashion-assistant-postgres-"))
-    data = root / "data"
-    as_user: list[str] = []
-    if os.geteuid() == 0:
-        owner = pwd.getpwnam("postgres")
-        os.chown(root, owner.pw_uid, owner.pw_gid)
-        as_user = ["runuser", "-u", "postgres", "--"]
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    subprocess.run([*as_user, initdb, "-D", str(data), "-U", "tests", "--auth=trust", "-E", "UTF8", "--no-sync"],
-                   check=True, capture_output=True)
-    options = f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=on"
-    subprocess.run([*as_user, pg_ctl, "-D", str(data), "-l", str(root / "server.log"), "-o", options, "-w",
-                    "-t", "60", "start"], check=True, capture_output=True)
+    """A real PostgreSQL server for the test session (a new cluster in a temp dir, on loopback), stopped after."""
     try:
-        yield f"postgresql://tests@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop"], capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+        with temporary_postgres() as url:
+            yield url
+    except PostgresMissing as missing:
+        pytest.skip(str(missing))

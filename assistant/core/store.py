@@ -6,11 +6,17 @@ from __future__ import annotations
 import base64
 import json
 import os
+import pwd
+import shutil
+import socket
 import sqlite3
+import subprocess
+import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -317,6 +323,50 @@ def describe_store(location: str | os.PathLike) -> str:
         return f"postgresql://{info.get('user', '')}@{info.get('host', '')}:{info.get('port', '')}/" \
                f"{info.get('dbname', '')}"
     return str(sqlite_path(text))
+
+
+class PostgresMissing(RuntimeError):
+    """PostgreSQL's server programs (initdb, pg_ctl) are not installed."""
+
+
+def _postgres_program(name: str) -> str | None:
+    """A PostgreSQL server program: on PATH, else the newest of Debian's /usr/lib/postgresql/*/bin."""
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), key=lambda p: int(p.parts[-3]))
+    return str(candidates[-1]) if candidates else None
+
+
+@contextmanager
+def temporary_postgres() -> Iterator[str]:
+    """A throwaway PostgreSQL server (tests, benchmarks): a new cluster in a temp dir, listening on 127.0.0.1 only,
+    stopped and deleted on exit; yields its URL. Run as the `postgres` user under root (initdb refuses root)."""
+    initdb, pg_ctl = _postgres_program("initdb"), _postgres_program("pg_ctl")
+    if not initdb or not pg_ctl:
+        raise PostgresMissing("PostgreSQL's initdb/pg_ctl are not installed (apt-get install postgresql)")
+    root = Path(tempfile.mkdtemp(prefix="fashion-assistant-postgres-"))
+    data = root / "data"
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        owner = pwd.getpwnam("postgres")
+        os.chown(root, owner.pw_uid, owner.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    try:
+        subprocess.run([*as_user, initdb, "-D", str(data), "-U", "assistant", "--auth=trust", "-E", "UTF8",
+                        "--no-sync"], check=True, capture_output=True)
+        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-l", str(root / "server.log"), "-o",
+                        f"-c listen_addresses=127.0.0.1 -p {port} -k {root}", "-w", "-t", "60", "start"],
+                       check=True, capture_output=True)
+        yield f"postgresql://assistant@127.0.0.1:{port}/postgres"
+    finally:
+        if (data / "postmaster.pid").exists():
+            subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop"],
+                           capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def read_dialogs(location: str | os.PathLike) -> Iterator[dict]:

@@ -54,7 +54,10 @@ class BodyTooLarge(Exception):
 
 
 def _body_limit(scope: dict) -> int:
-    return UPLOAD_BODY_BYTES if scope["method"] == "POST" and scope["path"] == "/v1/dialogs" else JSON_BODY_BYTES
+    """A photo upload (a form posted to /v1/dialogs) may be large; any other body is a little JSON."""
+    content_type = dict(scope["headers"]).get(b"content-type", b"")
+    upload = scope["path"] == "/v1/dialogs" and content_type.startswith(b"multipart/form-data")
+    return UPLOAD_BODY_BYTES if upload else JSON_BODY_BYTES
 
 
 class BodyLimit:
