@@ -88,9 +88,10 @@ def replicas(args: argparse.Namespace, store: str, count: int) -> Iterator[list[
 
 
 async def run_load(urls: list[str], dialogs: int, concurrency: int, turns: int, time_limit: float,
-                   distinct: bool = False, first: int = 0) -> dict:
-    """`dialogs` dialogs (numbered from `first`) of `turns` turns, `concurrency` at a time, each request to the
-    next replica in turn.
+                   distinct: bool = False, first: int = 0, alternate: bool = False) -> dict:
+    """`dialogs` dialogs (numbered from `first`) of `turns` turns, `concurrency` at a time. Dialog n goes to
+    replica n mod len(urls) (a load balancer's affinity); with `alternate` each request goes to the next replica,
+    so every turn lands on a replica that must first play the other's turn (the worst case).
 
     Stops starting dialogs at `time_limit`. Every dialog is then read back (GET) and compared with what it sent
     and was shown: `isolated` says whether every dialog saw exactly its own turns.
@@ -102,15 +103,15 @@ async def run_load(urls: list[str], dialogs: int, concurrency: int, turns: int, 
     deadline = time.monotonic() + time_limit
     request_number = 0
 
-    def next_url() -> str:
+    def url_for(n: int) -> str:
         nonlocal request_number
         request_number += 1
-        return urls[request_number % len(urls)]
+        return urls[(request_number if alternate else n) % len(urls)]
 
-    async def post(client: httpx.AsyncClient, path: str, text: str) -> dict | None:
+    async def post(client: httpx.AsyncClient, n: int, path: str, text: str) -> dict | None:
         start = time.perf_counter()
         try:
-            response = await client.post(f"{next_url()}{path}", json={"text": text})
+            response = await client.post(f"{url_for(n)}{path}", json={"text": text})
         except httpx.HTTPError as error:
             errors[type(error).__name__] = errors.get(type(error).__name__, 0) + 1
             return None
@@ -124,13 +125,13 @@ async def run_load(urls: list[str], dialogs: int, concurrency: int, turns: int, 
         while queue and time.monotonic() < deadline:
             n = queue.pop(0)
             script = dialog_script(n, turns, distinct)
-            body = await post(client, "/v1/dialogs", script[0])
+            body = await post(client, n, "/v1/dialogs", script[0])
             if body is None:
                 continue
             dialog_id = body["dialog_id"]
             sent[dialog_id] = [(script[0], [item["id"] for item in body["items"]])]
             for text in script[1:]:
-                body = await post(client, f"/v1/dialogs/{dialog_id}/turns", text)
+                body = await post(client, n, f"/v1/dialogs/{dialog_id}/turns", text)
                 if body is None:
                     break
                 sent[dialog_id].append((text, [item["id"] for item in body["items"]]))
@@ -160,8 +161,10 @@ def load_run(args: argparse.Namespace, store: str, count: int) -> dict:
         urls = [url for url, _ in servers]
         warm = asyncio.run(run_load(urls, args.concurrency, args.concurrency, args.turns, 60))  # caches, JIT paths
         load_before = os.getloadavg()
-        result = asyncio.run(run_load(urls, args.dialogs, args.concurrency, args.turns, args.time_limit))
-        result.update(load_average_before=[round(v, 2) for v in load_before],
+        result = asyncio.run(run_load(urls, args.dialogs, args.concurrency, args.turns, args.time_limit,
+                                      alternate=args.alternate))
+        result.update(routing="each request to the next replica" if args.alternate and count > 1
+                      else "each dialog to one replica", load_average_before=[round(v, 2) for v in load_before],
                       load_average_after=[round(v, 2) for v in os.getloadavg()],
                       warm_up_turns=warm["turns"], server_rss_mb=[round(rss_mb(p.pid)) for _, p in servers])
         return result
@@ -208,12 +211,15 @@ def main() -> None:
     parser.add_argument("--dialogs", type=int, default=400, help="dialogs per run (each --turns turns)")
     parser.add_argument("--turns", type=int, default=5)
     parser.add_argument("--time-limit", type=float, default=120, help="seconds after which no dialog starts")
+    parser.add_argument("--alternate", action="store_true",
+                        help="send each request to the next replica (default: each dialog stays on one)")
     parser.add_argument("--memory-messages", type=int, default=10000, help="0: skip the memory run")
     parser.add_argument("--runs", default="sqlite,postgresql,memory", help="which runs, comma-separated")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/api_load.json")
     args = parser.parse_args()
     runs = args.runs.split(",")
-    result: dict = {"benchmark": "api_load", "model": args.model.name, "catalog": args.catalog.name,
+    previous = json.loads(args.out.read_text()) if args.out.exists() else {}
+    result: dict = {**previous, "benchmark": "api_load", "model": args.model.name, "catalog": args.catalog.name,
                     "concurrency": args.concurrency, "turns_per_dialog": args.turns, "machine": {
                         "cpus": os.cpu_count(), "python": platform.python_version(),
                         "note": "server(s), load generator and PostgreSQL on the same 2 shared cores; other "
@@ -224,8 +230,9 @@ def main() -> None:
             print(json.dumps(result["one_replica_sqlite"]), flush=True)
         if "postgresql" in runs:
             with temporary_postgres() as url:
-                result["two_replicas_postgresql"] = load_run(args, url, 2)
-                print(json.dumps(result["two_replicas_postgresql"]), flush=True)
+                name = "two_replicas_postgresql" + ("_alternating" if args.alternate else "")
+                result[name] = load_run(args, url, 2)
+                print(json.dumps(result[name]), flush=True)
         if "memory" in runs and args.memory_messages:
             result["memory"] = memory_run(args, str(Path(folder) / "memory"))
             print(json.dumps(result["memory"]), flush=True)

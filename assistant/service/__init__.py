@@ -42,5 +42,7 @@ def serve_api(model_dir: str | os.PathLike, catalog: str | os.PathLike, store: s
         Assistant.load(model_dir, catalog=catalog)
     os.environ[SETTINGS_ENV] = json.dumps({"model": os.fspath(model_dir), "catalog": os.fspath(catalog),
                                            "store": store, "threads": threads})
+    # keep-alive past a load balancer's idle timeout (60 s is common): the server never closes a connection that
+    # a client is about to reuse (that race is a client's ReadError)
     uvicorn.run("assistant.service:app_from_environment", factory=True, host=host, port=port, workers=workers,
-                access_log=False, log_level="warning", timeout_graceful_shutdown=5)
+                access_log=False, log_level="warning", timeout_graceful_shutdown=5, timeout_keep_alive=75)
