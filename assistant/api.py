@@ -9,7 +9,7 @@ from typing import Any
 
 from assistant.core.catalog import Catalog
 from assistant.core.constraints import FeedbackConstraints, FeedbackReader
-from assistant.core.dialog import Dialog, RankingContext
+from assistant.core.dialog import PAGE_SIZE, Dialog, RankingContext
 from assistant.core.loaders import load_catalog
 from assistant.model_dir import ATTRIBUTES_FILE, RETRIEVER_FILE, PipelineConfig
 from assistant.users import User, resolve_user
@@ -80,7 +80,7 @@ class Assistant:
     def context(self) -> RankingContext:
         return RankingContext(self.catalog, self.ranker, self.features.image, self.backbone, self.attribute_predictor)
 
-    def dialog(self, page_size: int = 12) -> Dialog:
+    def dialog(self, page_size: int = PAGE_SIZE) -> Dialog:
         """A new dialog for one shopper."""
         return Dialog(self.context(), page_size=page_size)
 

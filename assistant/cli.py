@@ -16,11 +16,12 @@ from assistant.chat import chat
 from assistant.core.catalog import CatalogError
 from assistant.core.config import STAGES
 from assistant.core.demo_catalog import VERSION, contact_sheet
-from assistant.core.dialog_log import export_dialogs
 from assistant.core.loaders import load_catalog
 from assistant.core.storage import atomic_write_text, cache_dir
+from assistant.core.store import export_dialogs
 from assistant.model_dir import CONFIG_FILE, MANIFEST_FILE, PipelineConfig
 from assistant.pipeline import train
+from assistant.service import serve_api
 from assistant.vision.backbone import BACKBONE_FILE, Backbone
 from assistant.vision.features import compute_features
 from retriever.evaluate import plot, save_result
@@ -116,6 +117,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_api(args: argparse.Namespace) -> int:
+    serve_api(args.model, args.catalog, store=args.store, host=args.host, port=args.port, workers=args.workers,
+              threads=args.threads)
+    return 0
+
+
 def cmd_export_dialogs(args: argparse.Namespace) -> int:
     data = args.data or cache_dir() / "dialogs"
     counts = export_dialogs(data, args.out)
@@ -203,6 +210,16 @@ def build_parser() -> argparse.ArgumentParser:
     _model_and_catalog(serve)
     _server_options(serve)
     serve.set_defaults(run=cmd_serve)
+
+    api = commands.add_parser("api", help="serve the HTTP API (OpenAPI at /docs) for a model and catalog")
+    _model_and_catalog(api)
+    api.add_argument("--store", help="where dialogs live: a folder or .sqlite file (SQLite), or postgresql://… "
+                                     "(default: the cache's dialogs/)")
+    api.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    api.add_argument("--port", type=int, default=8000)
+    api.add_argument("--workers", type=int, default=1, help="worker processes (each loads the model)")
+    api.add_argument("--threads", type=int, default=1, help="torch/faiss threads per worker (default 1)")
+    api.set_defaults(run=cmd_api)
 
     export = commands.add_parser("export-dialogs", help="write logged dialogs as training pairs (JSONL)")
     export.add_argument("--data", type=Path, help="the dialog log's folder (default: the cache's dialogs/)")

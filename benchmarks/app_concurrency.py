@@ -19,8 +19,8 @@ from pathlib import Path
 import yaml
 from gradio_client import Client
 
-from assistant.core.dialog_log import read_dialogs
 from assistant.core.storage import atomic_write_text
+from assistant.core.store import read_dialogs
 
 REPO = Path(__file__).resolve().parent.parent
 OPENINGS = ["a red dress", "black trousers", "a white shirt", "a blue skirt", "a green jacket", "a grey sweater",

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from cachetools import LRUCache
 from safetensors import safe_open
 
 from assistant.core.text_encoder import verified_minilm_folder
 
 TEXT_MODES = ("static", "contextual")
+CACHE_BYTES = 128 * 1024 * 1024  # the encoded strings kept: a long-running server's memory stays bounded
 
 
 @dataclass(frozen=True)
@@ -21,8 +24,13 @@ class EncodedText:
     context: np.ndarray | None  # (n, 384) float16, or None in static mode
 
 
+def _encoded_bytes(encoded: EncodedText) -> int:
+    return 200 + encoded.pieces.nbytes + (encoded.context.nbytes if encoded.context is not None else 0)
+
+
 class FeedbackTextEncoder:
-    """Turns shopper text into wordpiece tokens for the retriever, caching each distinct string.
+    """Turns shopper text into wordpiece tokens for the retriever, caching distinct strings (least recently used
+    dropped past CACHE_BYTES).
 
     `static` gives wordpiece ids only (the model looks up MiniLM's frozen input embeddings);
     `contextual` also runs frozen MiniLM and keeps each wordpiece's output vector, so "not red" and
@@ -40,7 +48,8 @@ class FeedbackTextEncoder:
         self.threads = threads
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.model = AutoModel.from_pretrained(folder).eval() if mode == "contextual" else None
-        self._cache: dict[str, EncodedText] = {}
+        self._cache: LRUCache = LRUCache(maxsize=CACHE_BYTES, getsizeof=_encoded_bytes)
+        self._cache_lock = threading.Lock()  # an LRU cache is not thread-safe; a server encodes from many threads
 
     @staticmethod
     def static_table() -> torch.Tensor:
@@ -56,17 +65,21 @@ class FeedbackTextEncoder:
 
     def encode(self, texts: list[str], batch_size: int = 256) -> list[EncodedText]:
         """Each text's tokens; strings seen before come from the cache."""
-        missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        with self._cache_lock:
+            encoded = {t: self._cache[t] for t in dict.fromkeys(texts) if t in self._cache}
+        missing = [t for t in dict.fromkeys(texts) if t not in encoded]
         for start in range(0, len(missing), batch_size):
             chunk = missing[start: start + batch_size]
             if self.model is None:
-                for text, ids in zip(chunk, self.pieces(chunk), strict=True):
-                    self._cache[text] = EncodedText(ids, None)
+                fresh = {text: EncodedText(ids, None) for text, ids in zip(chunk, self.pieces(chunk), strict=True)}
             else:
-                self._encode_contextual(chunk)
-        return [self._cache[t] for t in texts]
+                fresh = self._encode_contextual(chunk)
+            encoded.update(fresh)
+            with self._cache_lock:
+                self._cache.update(fresh)
+        return [encoded[t] for t in texts]
 
-    def _encode_contextual(self, texts: list[str]) -> None:
+    def _encode_contextual(self, texts: list[str]) -> dict[str, EncodedText]:
         batch = self.tokenizer(texts, truncation=True, max_length=self.max_pieces + 2, padding=True,
                                return_tensors="pt")
         previous_threads = torch.get_num_threads()
@@ -78,8 +91,9 @@ class FeedbackTextEncoder:
         finally:
             torch.set_num_threads(previous_threads)
         lengths = batch["attention_mask"].sum(1).tolist()
-        for text, ids, vectors, length in zip(texts, batch["input_ids"].numpy(), hidden, lengths, strict=True):
-            self._cache[text] = EncodedText(ids[1: length - 1].astype(np.int64), vectors[1: length - 1].copy())
+        return {text: EncodedText(ids[1: length - 1].astype(np.int64), vectors[1: length - 1].copy())
+                for text, ids, vectors, length in zip(texts, batch["input_ids"].numpy(), hidden, lengths,
+                                                      strict=True)}
 
     def cache_size(self) -> int:
         return len(self._cache)

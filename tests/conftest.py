@@ -1,14 +1,17 @@
-"""Shared test fixtures: offline environment, the real Fashion Product Images catalog, a small demo catalog."""
+"""Shared test fixtures: offline environment, the real Fashion Product Images catalog, a small demo catalog, a tiny
+trained model and a real PostgreSQL server."""
 
 from __future__ import annotations
 
 import json
 import multiprocessing
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
+
+from assistant.core.store import PostgresMissing, temporary_postgres
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -125,3 +128,13 @@ class ShardLog:
 @pytest.fixture(scope="session")
 def shard_log() -> ShardLog:
     return ShardLog()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A real PostgreSQL server for the test session (a new cluster in a temp dir, on loopback), stopped after."""
+    try:
+        with temporary_postgres() as url:
+            yield url
+    except PostgresMissing as missing:
+        pytest.skip(str(missing))

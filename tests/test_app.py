@@ -21,7 +21,6 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from assistant.core.dialog_log import read_dialogs
 from assistant.core.messages import (
     EMPTY_MESSAGE_PROMPT,
     MAX_MESSAGE_CHARS,
@@ -29,6 +28,7 @@ from assistant.core.messages import (
     clean_message,
     open_upload,
 )
+from assistant.core.store import read_dialogs
 from assistant.webapp import launch_app
 
 REPO = Path(__file__).resolve().parent.parent

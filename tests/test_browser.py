@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from assistant.core.dialog_log import read_dialogs
+from assistant.core.store import read_dialogs
 from assistant.webapp import launch_app
 
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -165,3 +165,35 @@ def test_watch_mode_plays_three_turns(page) -> None:
     expect(page.locator("#watch-plot img")).to_have_count(1, timeout=WAIT_MS)
     expect(page.locator("#watch-gallery img")).to_have_count(12, timeout=WAIT_MS)
 
+
+
+def test_a_tab_carries_on_its_dialog_after_the_server_restarts(demo_assistant, browser, tmp_path: Path) -> None:
+    """The tab keeps its dialog id in the browser and the dialog is in the store: after a restart and a reload
+    the chat is retold, the same items are on show, and the next message continues the same stored dialog."""
+    port = free_port()
+    app, url = launch_app(demo_assistant, tmp_path, port=port, block=False, quiet=True)
+    context = browser.new_context(viewport={"width": 1366, "height": 900})
+    try:
+        page = context.new_page()
+        page.goto(url)
+        expect(page.locator("#shop-gallery img")).to_have_count(12, timeout=WAIT_MS)
+        send(page, "a green coat", 1)
+        send(page, "longer", 2)
+        page.wait_for_timeout(500)
+        shown = shown_ids(page)
+        app.close()
+        app, url = launch_app(demo_assistant, tmp_path, port=port, block=False, quiet=True)  # same origin
+        page.reload()
+        expect(page.locator("#shop-chat [data-testid=user]")).to_have_count(2, timeout=WAIT_MS)
+        assert page.locator("#shop-chat [data-testid=user]").all_inner_texts() == ["a green coat", "longer"]
+        page.wait_for_function("ids => [...document.querySelectorAll('#shop-gallery img')].every("
+                               "(img, i) => img.src.includes(ids[i]))", arg=shown, timeout=WAIT_MS)
+        page.fill("#shop-message textarea", "in black")
+        page.click("#shop-send")
+        expect(page.locator("#shop-chat [data-testid=user]")).to_have_count(3, timeout=WAIT_MS)
+        page.wait_for_timeout(1000)
+    finally:
+        context.close()
+        app.close()
+    [dialog] = list(read_dialogs(tmp_path))
+    assert [t["text"] for t in dialog["turns"]] == ["a green coat", "longer", "in black"]

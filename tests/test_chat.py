@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from assistant.chat import ShoppingSession, chat
-from assistant.core.dialog_log import DialogLog, read_dialogs
+from assistant.chat import chat
 from assistant.core.messages import EMPTY_MESSAGE_PROMPT, UploadError
+from assistant.core.store import SQLiteStore, read_dialogs
+from assistant.session import ShoppingSession
 
 
 def run_chat(assistant, lines: list[str], data_dir: Path | None = None) -> tuple[str, ShoppingSession]:
@@ -76,7 +77,7 @@ def test_chat_reports_an_unusable_photo_and_goes_on(demo_assistant, tmp_path: Pa
 
 
 def test_session_keeps_state_across_messages_and_restarts_clean(demo_assistant, tmp_path: Path) -> None:
-    log = DialogLog(tmp_path)
+    log = SQLiteStore(tmp_path)
     session = ShoppingSession(demo_assistant, log)
     assert not session.started and len(session.results) == 12 and session.reference is None
     long_message = "a green " + "very " * 300 + "long coat"

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from cachetools import LRUCache
 
 from assistant.core.catalog import Catalog
 from assistant.core.dialog import DialogState
 from assistant.core.feedback import AttributeParser, ParsedFeedback
 
+PARSED_CACHED = 65536  # parsed messages kept (least recently used dropped): a server's memory stays bounded
 PENALTY = 10.0  # per contradicted attribute: far below any similarity score, so fitting items always rank first
 
 
@@ -18,12 +21,17 @@ class FeedbackReader:
 
     def __init__(self, catalog: Catalog) -> None:
         self.parser = AttributeParser(catalog.vocabulary())
-        self._cache: dict[str, ParsedFeedback] = {}
+        self._cache: LRUCache = LRUCache(maxsize=PARSED_CACHED)
+        self._cache_lock = threading.Lock()  # an LRU cache is not thread-safe; a server reads from many threads
 
     def parse(self, text: str) -> ParsedFeedback:
-        if text not in self._cache:
-            self._cache[text] = self.parser.parse(text)
-        return self._cache[text]
+        with self._cache_lock:
+            parsed = self._cache.get(text)
+        if parsed is None:
+            parsed = self.parser.parse(text)
+            with self._cache_lock:
+                self._cache[text] = parsed
+        return parsed
 
     def constraints(self, state: DialogState) -> tuple[dict[str, str], dict[str, set[str]]]:
         """(asserted value per attribute, negated values per attribute) over the whole dialog."""

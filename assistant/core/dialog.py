@@ -13,8 +13,7 @@ from PIL import Image
 
 from assistant.core.catalog import Catalog, Item
 
-PAGE_SIZE = 12
-
+PAGE_SIZE = 12  # items on one page of results: the app, the terminal chat and the HTTP API
 
 
 def seeded_rng(*parts: object) -> random.Random:
@@ -251,11 +250,12 @@ class Dialog:
         return self.context.catalog.items[shown] if isinstance(shown, int) else shown
 
     def start(self, text: str | None = None, item: Item | str | None = None,
-              image: Image.Image | None = None) -> list[Item]:
+              image: Image.Image | ShownImage | None = None) -> list[Item]:
         """Begin from an opening request, a catalog item (id or Item), or a photo, optionally with words.
 
         With words, the first turn is ranked by the retriever; an item or photo alone shows its look-alikes
-        and becomes what the first reply is about.
+        and becomes what the first reply is about. A photo already read (a ShownImage, as a stored dialog
+        keeps it) starts the same dialog as the image it came from.
         """
         if self.state.turns or self._pending is not None:
             raise ValueError("this dialog has already started; make a new Dialog to start over")
@@ -266,7 +266,7 @@ class Dialog:
         if item is not None:
             shown = self._row(item)
         elif image is not None:
-            shown = self.context.photo(image)
+            shown = image if isinstance(image, ShownImage) else self.context.photo(image)
         if shown is None and not text:
             raise ValueError("say what you are looking for, or start from an item or a photo")
         if text:

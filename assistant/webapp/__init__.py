@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import html
 import logging
 import os
@@ -11,7 +12,6 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -20,10 +20,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from assistant.api import Assistant
-from assistant.chat import RESULTS_SHOWN, ShoppingSession
 from assistant.core.catalog import Item
-from assistant.core.dialog import target_ranks
-from assistant.core.dialog_log import DialogLog
+from assistant.core.dialog import PAGE_SIZE, target_ranks
 from assistant.core.messages import (
     MAX_UPLOAD_BYTES,
     format_understood,
@@ -31,6 +29,8 @@ from assistant.core.messages import (
     key_attributes,
 )
 from assistant.core.storage import cache_dir
+from assistant.core.store import DialogStore, describe_store, open_store
+from assistant.session import ForeignDialog, ShoppingSession
 
 log = logging.getLogger(__name__)
 
@@ -150,9 +150,10 @@ def available_shoppers(assistant: Any) -> list[str]:
 
 def build_app(assistant: Any, data_dir: str | os.PathLike | None = None, watch_delay: float = 0.8,
               concurrency: int = 4) -> gr.Blocks:
-    """The app over a loaded Assistant; dialogs are logged under `data_dir` when given."""
+    """The app over a loaded Assistant; dialogs are stored in `data_dir` (a folder, .sqlite file or PostgreSQL URL)
+    when given, and a browser tab that comes back (a reload, a restarted server) carries on with its dialog."""
     catalog = assistant.catalog
-    dialog_log = DialogLog(data_dir, source="app", catalog=catalog.fingerprint) if data_dir else None
+    store = open_store(data_dir, source="app", catalog=catalog.fingerprint) if data_dir else None
     targets = catalog.split("test").ids or catalog.ids
     shoppers = available_shoppers(assistant)
 
@@ -163,16 +164,35 @@ def build_app(assistant: Any, data_dir: str | os.PathLike | None = None, watch_d
         thumbnail = session.photo_image if session.reference_is_photo else \
             str(reference.image_path) if reference and reference.image_path else None
         return (state, state.history, gallery_update(session.results, selected), thumbnail,
-                reference_text(session), understood_text(session), as_text(status))
+                reference_text(session), understood_text(session), as_text(status), session.id)
 
     def unchanged(state: ShopState, status: str) -> tuple:
-        return (state, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), as_text(status))
+        return (state, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), as_text(status), gr.skip())
 
     def ensure(state: ShopState | None) -> ShopState:
-        return state if state is not None else ShopState(ShoppingSession(assistant, dialog_log))
+        return state if state is not None else ShopState(ShoppingSession(assistant, store))
 
-    def on_load(state: ShopState | None) -> tuple:
+    def on_load(state: ShopState | None, saved_dialog: str | None) -> tuple:
+        if state is None and store is not None and saved_dialog:
+            state = resumed(saved_dialog)
         return shop_outputs(ensure(state))
+
+    def resumed(dialog_id: str) -> ShopState | None:
+        """The tab's dialog from the store, its chat retold from the stored turns (None when it is gone)."""
+        try:
+            session = ShoppingSession.resume(assistant, store, str(dialog_id))
+        except (ForeignDialog, ValueError) as error:  # another catalog, or turns this catalog cannot play
+            log.warning("starting afresh instead of dialog %s: %s", dialog_id, error)
+            return None
+        if session is None:
+            return None
+        state = ShopState(session)
+        for turn in store.turns(session.id):
+            state.say("user", turn.text or ("📷 Something like my photo" if turn.kind == "photo"
+                                            else f"Like this one: {catalog[turn.reference].title}"))
+        if session.turns:
+            state.say("assistant", results_message(session))
+        return state
 
     def on_send(text: str, state: ShopState | None) -> tuple:
         state = ensure(state)
@@ -252,7 +272,7 @@ def build_app(assistant: Any, data_dir: str | os.PathLike | None = None, watch_d
                 f"**Hidden target:** {as_text(target.title)}  \n{as_text(' · '.join(key_attributes(target)))}")
 
     def watch_gallery_update(results: list[Item], target: Item) -> gr.Gallery:
-        shown = results[:RESULTS_SHOWN]
+        shown = results[:PAGE_SIZE]
         return gallery_update(shown, shown.index(target) if target in shown else None)
 
     def on_watch(user_kind: str, target_id: str, turns: float) -> Iterator[tuple]:
@@ -298,6 +318,8 @@ def build_app(assistant: Any, data_dir: str | os.PathLike | None = None, watch_d
         with gr.Tabs():
             with gr.Tab("Shop", id="shop"):
                 state = gr.State(None)
+                saved_dialog = gr.BrowserState(None, storage_key="fashion-assistant-dialog",
+                                               secret=browser_secret(catalog.fingerprint, store))
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=2, min_width=340):
                         chatbot = gr.Chatbot(label="Chat", show_label=False, height=440, elem_id="shop-chat",
@@ -323,8 +345,8 @@ def build_app(assistant: Any, data_dir: str | os.PathLike | None = None, watch_d
                         gallery = gr.Gallery(label="Results", show_label=False, columns=6,
                                              height="auto", object_fit="contain", allow_preview=False,
                                              elem_id="shop-gallery", elem_classes="results", buttons=[])
-                outputs = [state, chatbot, gallery, reference_image, reference, understood, status]
-                app.load(on_load, [state], outputs, api_name=False)
+                outputs = [state, chatbot, gallery, reference_image, reference, understood, status, saved_dialog]
+                app.load(on_load, [state, saved_dialog], outputs, api_name=False)
                 send.click(on_send, [message, state], [*outputs, message], api_name="send")
                 message.submit(on_send, [message, state], [*outputs, message], api_name=False)
                 gallery.select(on_select, [state], outputs, api_name="select")
@@ -369,6 +391,12 @@ def build_app(assistant: Any, data_dir: str | os.PathLike | None = None, watch_d
     return app
 
 
+def browser_secret(fingerprint: str, store: DialogStore | None) -> str:
+    """The key the tab's dialog id is kept under in the browser: the same after a restart over the same store."""
+    where = getattr(store, "path", None) or getattr(store, "url", "")
+    return hashlib.sha256(f"{fingerprint}|{where}".encode()).hexdigest()[:32]
+
+
 def image_folders(catalog: Any) -> list[str]:
     """The folders holding the catalog's images: the only files outside gradio's own cache the app may serve."""
     return sorted({str(item.image_path.parent.resolve()) for item in catalog if item.image_path})
@@ -394,10 +422,11 @@ def launch_app(assistant: Any, data_dir: str | os.PathLike | None = None, host: 
 
 def serve(model_dir: str | os.PathLike, catalog: str | os.PathLike, host: str = "127.0.0.1", port: int = 7860,
           data_dir: str | os.PathLike | None = None) -> None:
-    """Load a trained model over a catalog and serve the app until interrupted; dialogs go to `data_dir`."""
+    """Load a trained model over a catalog and serve the app until interrupted; dialogs go to `data_dir` (a
+    folder, .sqlite file or PostgreSQL URL; default the cache's dialogs/)."""
     assistant = Assistant.load(model_dir, catalog=catalog)
-    data_dir = Path(data_dir) if data_dir else cache_dir() / "dialogs"
-    print(f"Logging dialogs to {data_dir / 'dialogs.sqlite'}")
+    data_dir = data_dir or cache_dir() / "dialogs"
+    print(f"Storing dialogs in {describe_store(data_dir)}")
     launch_app(assistant, data_dir, host=host, port=port)
 
 

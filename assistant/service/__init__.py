@@ -1,0 +1,48 @@
+"""The HTTP API server: `serve_api` runs uvicorn (one or more worker processes) over a model, a catalog and a store."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import faiss
+import torch
+import uvicorn
+from fastapi import FastAPI
+
+from assistant.api import Assistant
+from assistant.core.storage import cache_dir
+from assistant.core.store import describe_store, open_store
+from assistant.service.app import create_app
+
+SETTINGS_ENV = "FASHION_ASSISTANT_API_SETTINGS"
+
+
+def app_from_environment() -> FastAPI:
+    """The uvicorn factory each worker process calls: model, catalog and store from $FASHION_ASSISTANT_API_SETTINGS.
+
+    One torch and faiss thread per worker: a turn is small, so requests run side by side instead.
+    """
+    settings = json.loads(os.environ[SETTINGS_ENV])
+    torch.set_num_threads(settings["threads"])
+    faiss.omp_set_num_threads(settings["threads"])
+    assistant = Assistant.load(settings["model"], catalog=settings["catalog"], progress=False)
+    store = open_store(settings["store"], source="api", catalog=assistant.catalog.fingerprint)
+    return create_app(assistant, store)
+
+
+def serve_api(model_dir: str | os.PathLike, catalog: str | os.PathLike, store: str | os.PathLike | None = None,
+              host: str = "127.0.0.1", port: int = 8000, workers: int = 1, threads: int = 1) -> None:
+    """Serve the API until interrupted. `store`: a folder, .sqlite file or `postgresql://…` URL (default: the
+    cache's dialogs/). Every worker loads the model (features and index come from the cache after the first)."""
+    store = os.fspath(store or cache_dir() / "dialogs")
+    print(f"Storing dialogs in {describe_store(store)}; OpenAPI at http://{host}:{port}/docs", flush=True)
+    if workers > 1:
+        # the first load computes and caches features and index, so the workers do not all compute them at once
+        Assistant.load(model_dir, catalog=catalog)
+    os.environ[SETTINGS_ENV] = json.dumps({"model": os.fspath(model_dir), "catalog": os.fspath(catalog),
+                                           "store": store, "threads": threads})
+    # keep-alive past a load balancer's idle timeout (60 s is common): the server never closes a connection that
+    # a client is about to reuse (that race is a client's ReadError)
+    uvicorn.run("assistant.service:app_from_environment", factory=True, host=host, port=port, workers=workers,
+                access_log=False, log_level="warning", timeout_graceful_shutdown=5, timeout_keep_alive=75)

@@ -1,0 +1,244 @@
+"""Benchmark: N concurrent 5-turn dialogs against `fashion-assistant api` on loopback (one replica on SQLite, or
+two replicas on one PostgreSQL, turns alternating between them): turns/s, latency, errors, isolation; and a
+server's memory over 10,000 distinct messages."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+from assistant.cli import demo_model_dir
+from assistant.core.storage import atomic_write_text
+from assistant.core.store import temporary_postgres
+
+REPO = Path(__file__).resolve().parent.parent
+FPI = Path(os.environ.get("FASHION_ASSISTANT_FPI", REPO.parent / "shared/data/fashion-product-images-small"))
+OPENINGS = ["a red dress", "black trousers for men", "a white shirt", "a blue skirt", "a green jacket",
+            "a grey sweater", "navy shorts", "a pink t-shirt", "a floral dress", "brown leather shoes",
+            "a black handbag", "a yellow kurta for women"]
+FEEDBACK = ["in blue", "with long sleeves", "shorter", "for women", "not black", "in black", "casual",
+            "for the summer", "in white", "for men", "formal", "in green"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def dialog_script(n: int, turns: int, distinct: bool) -> list[str]:
+    """Dialog n's messages; with `distinct` each carries a word of its own (every message a new string)."""
+    words = [OPENINGS[n % len(OPENINGS)]] + [FEEDBACK[(n * 7 + t) % len(FEEDBACK)] for t in range(turns - 1)]
+    return [f"{text} please{n}x{t}" for t, text in enumerate(words)] if distinct else words
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+@contextlib.contextmanager
+def replicas(args: argparse.Namespace, store: str, count: int) -> Iterator[list[tuple[str, subprocess.Popen]]]:
+    """`count` `fashion-assistant api` processes over one store, each on its own port, until the block ends."""
+    servers = []
+    try:
+        for _ in range(count):
+            port = free_port()
+            command = [sys.executable, "-m", "assistant", "api", "--model", str(args.model), "--catalog",
+                       str(args.catalog), "--store", store, "--port", str(port)]
+            process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            servers.append((f"http://127.0.0.1:{port}", process))
+        for url, process in servers:
+            deadline = time.monotonic() + 900
+            while True:
+                with contextlib.suppress(httpx.TransportError):
+                    if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
+                        break
+                if process.poll() is not None:
+                    raise RuntimeError(process.stderr.read().decode()[-3000:])
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{url} did not start")
+                time.sleep(0.5)
+        yield servers
+    finally:
+        for _, process in servers:
+            process.terminate()
+        for _, process in servers:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+            process.stderr.close()
+
+
+async def run_load(urls: list[str], dialogs: int, concurrency: int, turns: int, time_limit: float,
+                   distinct: bool = False, first: int = 0, alternate: bool = False) -> dict:
+    """`dialogs` dialogs (numbered from `first`) of `turns` turns, `concurrency` at a time. Dialog n goes to
+    replica n mod len(urls) (a load balancer's affinity); with `alternate` each request goes to the next replica,
+    so every turn lands on a replica that must first play the other's turn (the worst case).
+
+    Stops starting dialogs at `time_limit`. Every dialog is then read back (GET) and compared with what it sent
+    and was shown: `isolated` says whether every dialog saw exactly its own turns.
+    """
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    sent: dict[str, list[tuple[str, list[str]]]] = {}
+    queue = list(range(first, first + dialogs))
+    deadline = time.monotonic() + time_limit
+    request_number = 0
+
+    def url_for(n: int) -> str:
+        nonlocal request_number
+        request_number += 1
+        return urls[(request_number if alternate else n) % len(urls)]
+
+    async def post(client: httpx.AsyncClient, n: int, path: str, text: str) -> dict | None:
+        start = time.perf_counter()
+        try:
+            response = await client.post(f"{url_for(n)}{path}", json={"text": text})
+        except httpx.HTTPError as error:
+            errors[type(error).__name__] = errors.get(type(error).__name__, 0) + 1
+            return None
+        latencies.append(time.perf_counter() - start)
+        if response.status_code != 200:
+            errors[str(response.status_code)] = errors.get(str(response.status_code), 0) + 1
+            return None
+        return response.json()
+
+    async def shopper(client: httpx.AsyncClient) -> None:
+        while queue and time.monotonic() < deadline:
+            n = queue.pop(0)
+            script = dialog_script(n, turns, distinct)
+            body = await post(client, n, "/v1/dialogs", script[0])
+            if body is None:
+                continue
+            dialog_id = body["dialog_id"]
+            sent[dialog_id] = [(script[0], [item["id"] for item in body["items"]])]
+            for text in script[1:]:
+                body = await post(client, n, f"/v1/dialogs/{dialog_id}/turns", text)
+                if body is None:
+                    break
+                sent[dialog_id].append((text, [item["id"] for item in body["items"]]))
+
+    limits = httpx.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+        started = time.perf_counter()
+        await asyncio.gather(*(shopper(client) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+        mismatched = 0
+        for dialog_id, turns_sent in sent.items():
+            stored = (await client.get(f"{urls[0]}/v1/dialogs/{dialog_id}")).json()["turns"]
+            seen = [(turn["text"], [item["id"] for item in turn["items"]]) for turn in stored]
+            mismatched += seen != turns_sent
+    completed = len(latencies)
+    ordered = sorted(latencies)
+    return {"dialogs": len(sent), "complete_dialogs": sum(len(t) == turns for t in sent.values()),
+            "turns": completed, "seconds": round(elapsed, 2), "turns_per_s": round(completed / elapsed, 1),
+            "p50_ms": round(statistics.median(ordered) * 1000, 1) if ordered else None,
+            "p99_ms": round(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1000, 1) if ordered else None,
+            "errors": errors, "isolated": mismatched == 0 and bool(sent), "dialogs_with_foreign_or_lost_turns":
+            mismatched}
+
+
+def load_run(args: argparse.Namespace, store: str, count: int) -> dict:
+    with replicas(args, store, count) as servers:
+        urls = [url for url, _ in servers]
+        warm = asyncio.run(run_load(urls, args.concurrency, args.concurrency, args.turns, 60))  # caches, JIT paths
+        load_before = os.getloadavg()
+        result = asyncio.run(run_load(urls, args.dialogs, args.concurrency, args.turns, args.time_limit,
+                                      alternate=args.alternate))
+        result.update(routing="each request to the next replica" if args.alternate and count > 1
+                      else "each dialog to one replica", load_average_before=[round(v, 2) for v in load_before],
+                      load_average_after=[round(v, 2) for v in os.getloadavg()],
+                      warm_up_turns=warm["turns"], server_rss_mb=[round(rss_mb(p.pid)) for _, p in servers])
+        return result
+
+
+def memory_run(args: argparse.Namespace, store: str) -> dict:
+    """One server, `args.memory_messages` distinct messages: RSS after the first 10% (warm) and at the end."""
+    with replicas(args, store, 1) as [(url, process)]:
+        dialogs = args.memory_messages // args.turns
+        warm_dialogs = max(1, dialogs // 10)
+        asyncio.run(run_load([url], warm_dialogs, 8, args.turns, 3600, distinct=True))
+        warm = rss_mb(process.pid)
+        samples = [round(warm)]
+
+        async def sampled() -> dict:
+            async def sample() -> None:
+                while True:
+                    await asyncio.sleep(5)
+                    samples.append(round(rss_mb(process.pid)))
+
+            sampler = asyncio.create_task(sample())
+            try:
+                # dialogs numbered after the warm-up's, so every message is new to the server
+                return await run_load([url], dialogs - warm_dialogs, 8, args.turns, 3600, distinct=True,
+                                      first=warm_dialogs)
+            finally:
+                sampler.cancel()
+
+        result = asyncio.run(sampled())
+        end = rss_mb(process.pid)
+        return {"messages": (warm_dialogs * args.turns) + result["turns"], "distinct": True,
+                "rss_mb_after_warm_up": round(warm), "rss_mb_at_end": round(end),
+                "growth": round(end / warm - 1, 3), "flat_within_10_percent": end <= warm * 1.10,
+                "rss_mb_samples": samples, "errors": result["errors"], "isolated": result["isolated"],
+                "load_average_after": [round(v, 2) for v in os.getloadavg()]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", type=Path, default=demo_model_dir("demo"),
+                        help="a trained model directory (default: the cached demo model, `demo --no-serve`)")
+    parser.add_argument("--catalog", type=Path, default=FPI, help="the catalog served (default: the real one)")
+    parser.add_argument("--concurrency", type=int, default=32, help="dialogs in flight at once")
+    parser.add_argument("--dialogs", type=int, default=400, help="dialogs per run (each --turns turns)")
+    parser.add_argument("--turns", type=int, default=5)
+    parser.add_argument("--time-limit", type=float, default=120, help="seconds after which no dialog starts")
+    parser.add_argument("--alternate", action="store_true",
+                        help="send each request to the next replica (default: each dialog stays on one)")
+    parser.add_argument("--memory-messages", type=int, default=10000, help="0: skip the memory run")
+    parser.add_argument("--runs", default="sqlite,postgresql,memory", help="which runs, comma-separated")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/api_load.json")
+    args = parser.parse_args()
+    runs = args.runs.split(",")
+    previous = json.loads(args.out.read_text()) if args.out.exists() else {}
+    result: dict = {**previous, "benchmark": "api_load", "model": args.model.name, "catalog": args.catalog.name,
+                    "concurrency": args.concurrency, "turns_per_dialog": args.turns, "machine": {
+                        "cpus": os.cpu_count(), "python": platform.python_version(),
+                        "note": "server(s), load generator and PostgreSQL on the same 2 shared cores; other "
+                                "engineers' tests and a training run were using them too (see load averages)"}}
+    with tempfile.TemporaryDirectory(prefix="api-load-") as folder:
+        if "sqlite" in runs:
+            result["one_replica_sqlite"] = load_run(args, folder, 1)
+            print(json.dumps(result["one_replica_sqlite"]), flush=True)
+        if "postgresql" in runs:
+            with temporary_postgres() as url:
+                name = "two_replicas_postgresql" + ("_alternating" if args.alternate else "")
+                result[name] = load_run(args, url, 2)
+                print(json.dumps(result[name]), flush=True)
+        if "memory" in runs and args.memory_messages:
+            result["memory"] = memory_run(args, str(Path(folder) / "memory"))
+            print(json.dumps(result["memory"]), flush=True)
+    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
