@@ -148,6 +148,7 @@ class ColourSense:
             credits = {own: 1.0}
             if words in FAMILIES:
                 credits.update({v: SHADE_CREDIT for v in self.family_members(words) if v != own})
+            credits.update({v: c for v, c in self.neighbours(own).items() if v not in credits})
             return credits
         if words in FAMILIES and self.family_members(words):
             return {value: 1.0 for value in self.family_members(words)}
@@ -163,6 +164,23 @@ class ColourSense:
         nearest = min(distances.values())
         return {value: round(max(0.05, 1.0 - (d - nearest) / NEAREST_SPAN), 3)
                 for value, d in sorted(distances.items(), key=lambda kv: kv[1]) if d - nearest < NEAREST_SPAN}
+
+    def neighbours(self, value: str) -> dict[str, float]:
+        """Other labels near one label: shades of its family (up to SHADE_CREDIT, fading with CIEDE2000) and any
+        label within NEAREST_SPAN (up to half that)."""
+        own = self.labels[value]
+        if own.lab is None:
+            return {}
+        credits = {}
+        for other, label in self.labels.items():
+            if other == value or label.lab is None:
+                continue
+            distance = delta_e(own.lab, label.lab)
+            if label.families & own.families:
+                credits[other] = round(SHADE_CREDIT * max(0.15, 1.0 - distance / 60.0), 3)
+            elif distance < NEAREST_SPAN:
+                credits[other] = round(0.5 * SHADE_CREDIT * (1.0 - distance / NEAREST_SPAN), 3)
+        return credits
 
     @functools.lru_cache(maxsize=4096)  # noqa: B019
     def ruled_out(self, words: str) -> frozenset[str]:

@@ -17,9 +17,11 @@ POST_CUES = tuple(sorted((tuple(cue.split()) for cue in (
     "isnt my thing", "not my style", "isnt my style", "arent my style", "not my colour", "not my color",
     "is out", "are out", "no thanks", "no thank you", "is a no", "are a no", "please no", "not please",
     "is too much", "not a fan")), key=len, reverse=True))
-CLAUSE_BREAKERS = frozenset({".", ";", "!", "?", "but", "though", "however", "yet", "instead", "rather", "prefer",
-                             "preferably", "want", "need", "like", "love", "only", "just", "so", "while", "then",
-                             "although", "ideally", "maybe", "perhaps"})
+CLAUSE_BREAKERS = frozenset({".", ";", "!", "?", "but", "though", "however", "yet", "although", "whereas"})
+# Words that turn to what is wanted once a ruled-out value was named ("not red, rather pink"); before it they are
+# part of the cue ("I don't want red").
+INTENT_WORDS = frozenset({"instead", "rather", "prefer", "preferably", "want", "need", "like", "love", "only",
+                          "just", "so", "while", "then", "ideally", "maybe", "perhaps", "in"})
 LIST_JOINERS = frozenset({"or", "nor", "either"})
 SCOPE_WINDOW = 6  # tokens a pre-cue reaches across before its first mention
 
@@ -72,7 +74,7 @@ def negated_mentions(tokens: Sequence[str], spans: Sequence[tuple[int, int]]) ->
             i += pre
             continue
         token = tokens[i]
-        if token in CLAUSE_BREAKERS:
+        if token in CLAUSE_BREAKERS or (token in INTENT_WORDS and (after_mention or not scope)):
             scope = after_mention = False
             clause = []
         elif token == ",":

@@ -395,3 +395,32 @@ class SemanticReader:
         understanding = self.understand(state)
         return understanding.wanted, understanding.ruled_out
 
+
+
+def phrase_bank_scores(reader: SemanticReader, bank: Sequence[Sequence]) -> dict[str, float]:
+    """Precision and recall of a reader on phrases [text, wanted {attribute: "A|B"}, ruled out {attribute: "A|B"}].
+
+    A wanted facet is found when one of its acceptable values gets full credit; a ruled-out facet when one of its
+    values is ruled out. Precision counts every attribute the reader wanted or ruled out (coarser category
+    attributes of a found kind excepted) against the expected ones.
+    """
+    found = expected = claimed = right = 0
+    for text, wanted, ruled in bank:
+        reading = reader.read(text)
+        for name, accepted in wanted.items():
+            expected += 1
+            found += any(reading.wanted.get(name, {}).get(v, 0.0) >= 1.0 for v in accepted.split("|"))
+        for name, accepted in ruled.items():
+            expected += 1
+            found += any(v in reading.ruled_out.get(name, set()) for v in accepted.split("|"))
+        coarse = {n for n in reader.kinds if reader.kinds[n] == "category" and n not in wanted} \
+            if any(reader.kinds.get(n) == "category" for n in wanted) else set()
+        for name, credits in reading.wanted.items():
+            if name in coarse:
+                continue
+            claimed += 1
+            right += name in wanted and any(credits.get(v, 0.0) >= 1.0 for v in wanted[name].split("|"))
+        for name, values in reading.ruled_out.items():
+            claimed += 1
+            right += name in ruled and bool(values & set(ruled[name].split("|")))
+    return {"precision": right / max(claimed, 1), "recall": found / max(expected, 1), "phrases": len(bank)}
