@@ -7,10 +7,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from assistant.core.catalog import Catalog
-from assistant.core.constraints import FeedbackConstraints, FeedbackReader
+from assistant.core.constraints import FeedbackConstraints, Probabilities
 from assistant.core.dialog import PAGE_SIZE, Dialog, RankingContext
 from assistant.core.loaders import load_catalog
+from assistant.core.messages import RULED_OUT_KEY
+from assistant.core.reader import SemanticReader
 from assistant.model_dir import ATTRIBUTES_FILE, RETRIEVER_FILE, PipelineConfig
 from assistant.users import User, resolve_user
 from assistant.vision.attributes import AttributePredictor
@@ -35,7 +39,8 @@ class Assistant:
 
     def __init__(self, model_dir: Path, catalog: Catalog, config: PipelineConfig, backbone: Backbone,
                  features: ItemFeatures, retriever: DialogRetriever, attribute_predictor: AttributePredictor | None,
-                 attributes: list[dict[str, str]], predicted: set[tuple[str, str]]) -> None:
+                 attributes: list[dict[str, str]], predicted: set[tuple[str, str]],
+                 probabilities: Probabilities | None = None) -> None:
         self.model_dir, self.catalog, self.config = model_dir, catalog, config
         self.backbone, self.features, self.retriever = backbone, features, retriever
         self.attribute_predictor = attribute_predictor
@@ -46,8 +51,10 @@ class Assistant:
         with open(model_dir / RETRIEVER_FILE, "rb") as weights:
             retriever_digest = hashlib.file_digest(weights, "sha256").hexdigest()[:16]
         self.index = cached_index(vectors, config.index, key=f"{retriever_digest}-{catalog.fingerprint}")
-        self.constraints = FeedbackConstraints(catalog, attributes) if config.retriever.feedback_constraints else None
-        self.reader = self.constraints.reader if self.constraints is not None else FeedbackReader(catalog)
+        self.constraints = FeedbackConstraints(catalog, attributes, probabilities) \
+            if config.retriever.feedback_constraints else None
+        self.reader = self.constraints.reader if self.constraints is not None \
+            else SemanticReader.from_catalog(catalog, attributes)
         lexical_weight = config.retriever.lexical_weight
         self.keyword = KeywordRanker(catalog) if lexical_weight > 0 else None
         self.ranker = RetrieverRanker(retriever, self.items, vectors, self.index, constraints=self.constraints,
@@ -72,10 +79,17 @@ class Assistant:
             else None
         attributes = [dict(item.attributes) for item in catalog]
         predicted: set[tuple[str, str]] = set()
+        probabilities: dict = {}
         if predictor is not None and any(set(predictor.names) - set(a) for a in attributes):
             filled, predicted = predictor.fill_missing(catalog, features.image)
             attributes = [dict(item.attributes) for item in filled]
-        return cls(model_dir, catalog, config, backbone, features, retriever, predictor, attributes, predicted)
+            gaps = sorted({catalog.index_of(item_id) for item_id, _ in predicted})
+            for name, matrix in predictor.predict_proba(features.image[gaps]).items():
+                rows = [i for i, row in enumerate(gaps) if (catalog.items[row].id, name) in predicted]
+                if rows and not predictor.head(name).multi_label:  # predicted labels count by their confidence
+                    probabilities[name] = (np.asarray(gaps)[rows], predictor.head(name).values, matrix[rows])
+        return cls(model_dir, catalog, config, backbone, features, retriever, predictor, attributes, predicted,
+                   probabilities)
 
     def context(self) -> RankingContext:
         return RankingContext(self.catalog, self.ranker, self.features.image, self.backbone, self.attribute_predictor)
@@ -100,8 +114,14 @@ class Assistant:
         return self._users[key]
 
     def understood(self, dialog: Dialog) -> dict[str, str]:
-        """The attribute values the shopper has asked for so far (later turns override earlier, negations remove)."""
-        return self.reader.constraints(dialog.state)[0]
+        """What the shopper asked for so far (attribute -> value, 'A or B' when several fit equally; later turns
+        override earlier) and, under RULED_OUT_KEY, the values ruled out ("Red, Pink")."""
+        understanding = self.reader.understand(dialog.state)
+        out = understanding.best()
+        ruled = sorted({value for values in understanding.ruled_out.values() for value in values})
+        if ruled:
+            out[RULED_OUT_KEY] = ", ".join(ruled)
+        return out
 
     def baselines(self) -> dict[str, Any]:
         """The evaluation's baseline rankers over this catalog, each a Ranker through the same Dialog loop."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from assistant.core.catalog import Catalog, Item
-from assistant.core.constraints import PENALTY, FeedbackConstraints
+from assistant.core.constraints import PENALTY, PRIORITY, FeedbackConstraints
 from assistant.core.dialog import DialogState, Turn
 from retriever.baselines import KeywordRanker
 from retriever.model import RetrieverRanker
@@ -38,7 +38,8 @@ def test_apply_sinks_contradicting_items_below_all_fitting_ones() -> None:
     scores = np.array([[0.9, 0.1, 0.2, 0.8, 0.3], [0.9, 0.1, 0.2, 0.8, 0.3]], dtype=np.float32)
     out = constraints.apply(scores.copy(), [_state("a green kurta"), _state("")])
     assert list(np.argsort(-out[0])[:1]) == [2]  # the only green kurta first, whatever its score
-    assert out[0, 0] == np.float32(0.9 - 2 * PENALTY)
+    # the red shirt misses the kind (priority 8) and the colour (2): PENALTY x (1 + 8 + 2)
+    assert out[0, 0] == np.float32(0.9 - PENALTY * (1 + PRIORITY['category'] + PRIORITY['colour']))
     np.testing.assert_array_equal(out[1], scores[1])  # no constraints: scores untouched
 
 
@@ -68,3 +69,65 @@ def test_hybrid_search_adds_bm25_of_the_feedback_words() -> None:
     assert not plain.scores([state]).any()
     rows = hybrid.rank([state], k=2, exclude=[{3}])[0]
     assert rows[0] == 2 and 3 not in rows  # the green kurta breaks one constraint, the shirts two; shown: never
+
+
+def _shop() -> Catalog:
+    """Ten items: the kind, who it is for and the colour vary; no navy dress exists."""
+    rows = [("1", "Dresses", "Women", "Red"), ("2", "Dresses", "Women", "Blue"),
+            ("3", "Dresses", "Girls", "Navy Blue"), ("4", "Shirts", "Women", "Navy Blue"),
+            ("5", "Shirts", "Men", "Navy Blue"), ("6", "Dresses", "Women", "Black"), ("7", "Tshirts", "Unisex", "Pink"),
+            ("8", "Tshirts", "Men", "Pink"), ("9", "Dresses", "Women", "Turquoise Blue"),
+            ("10", "Shirts", "Men", "Red")]
+    return Catalog([Item(i, f"{i}.jpg", f"{colour} {kind}", kind,
+                         {"articleType": kind, "gender": gender, "baseColour": colour})
+                    for i, kind, gender, colour in rows], name="ten")
+
+
+def _order(constraints: FeedbackConstraints, *feedback: str) -> list[str]:
+    catalog_ids = [str(i) for i in range(1, 11)]
+    penalty = constraints.penalties(_state(*feedback))
+    return [catalog_ids[r] for r in np.lexsort((np.arange(len(penalty)), penalty))]
+
+
+def test_no_exact_match_keeps_the_kind_then_the_person_then_the_nearest_shade() -> None:
+    constraints = FeedbackConstraints(_shop())
+    penalty = constraints.penalties(_state("a navy dress for my girlfriend"))
+    order = _order(constraints, "a navy dress for my girlfriend")
+    # no women's navy dress: dresses for women come first, the nearest shade (blue family) before other colours,
+    # then the girls' navy dress (right kind and colour, wrong person), and the navy shirts after every dress
+    assert order[:2] == ["2", "9"]
+    assert set(order[2:4]) == {"1", "6"}
+    assert order[4] == "3"
+    assert order.index("4") > order.index("3") and order.index("5") > order.index("3")
+    assert penalty.min() > 0  # nothing fits everything
+
+
+def test_fitting_items_come_first_and_partial_credit_orders_the_rest() -> None:
+    constraints = FeedbackConstraints(_shop())
+    penalty = constraints.penalties(_state("a blue dress for women"))
+    assert penalty[1] == 0 and (penalty[[0, 2, 3, 4, 5, 6, 7, 8, 9]] > 0).all()
+    assert penalty[8] < penalty[0]  # Turquoise Blue: a shade of blue earns partial credit, red none
+    unisex = constraints.penalties(_state("a tshirt for my brother"))
+    assert unisex[7] == 0 and 0 < unisex[6] < unisex[0]  # the unisex tee: partial credit for who it is for
+
+
+def test_penalties_for_chosen_rows_match_all_rows() -> None:
+    constraints = FeedbackConstraints(_shop())
+    state = _state("not red, a shirt")
+    every = constraints.penalties(state)
+    np.testing.assert_array_equal(constraints.penalties(state, rows=[9, 3, 0]), every[[9, 3, 0]])
+    assert constraints.penalties(_state("hello")) is None
+
+
+def test_predicted_labels_count_by_their_confidence() -> None:
+    catalog = _shop()
+    rows = [dict(item.attributes) for item in catalog]
+    values = ["Red", "Blue", "Black"]
+    # rows 5 and 9 were predicted: both most likely Red, row 5 at 0.9 and row 9 at 0.5
+    probabilities = {"baseColour": (np.array([5, 9]), values, np.array([[0.9, 0.05, 0.05], [0.5, 0.1, 0.4]]))}
+    constraints = FeedbackConstraints(catalog, rows, probabilities)
+    penalty = constraints.penalties(_state("a red dress"))
+    assert penalty[0] == 0  # labelled red dress
+    assert 0 < penalty[5] < penalty[1]  # 0.9 red beats a labelled blue dress
+    ruled = constraints.penalties(_state("a dress, not red"))
+    assert ruled[1] == 0 and ruled[0] > ruled[5] > 0  # a 0.9-likely red dress is mostly ruled out

@@ -1,4 +1,4 @@
-"""Feedback constraints room: the attribute values a dialog asked for or ruled out, applied to any ranker's scores."""
+"""Feedback constraints room: the values a dialog asked for or ruled out, as soft ranked penalties on any scores."""
 
 from __future__ import annotations
 
@@ -10,14 +10,21 @@ from cachetools import LRUCache
 
 from assistant.core.catalog import Catalog
 from assistant.core.dialog import DialogState
-from assistant.core.feedback import AttributeParser, ParsedFeedback
+from assistant.core.feedback import AttributeParser, ParsedFeedback, attribute_kind
+from assistant.core.reader import SemanticReader
 
 PARSED_CACHED = 65536  # parsed messages kept (least recently used dropped): a server's memory stays bounded
-PENALTY = 10.0  # per contradicted attribute: far below any similarity score, so fitting items always rank first
+PENALTY = 10.0  # what not fitting every constraint costs at least: far below any similarity score
+# How much each facet weighs when an item falls short of it (the kind of item first, then who it is for, then
+# colour, then pattern / occasion / season / anything else), in units of PENALTY.
+PRIORITY = {"category": 8.0, "gender": 4.0, "colour": 2.0}
+OTHER_PRIORITY = 1.0
+FIT_TOLERANCE = 1e-4  # a shortfall below this counts as fitting
 
 
 class FeedbackReader:
-    """What a dialog's feedback says so far, read with an AttributeParser (later turns override earlier)."""
+    """What a dialog's feedback says so far in the catalog's exact words (AttributeParser; later turns override
+    earlier): the keyword baseline's reader, as a shop's search box reads."""
 
     def __init__(self, catalog: Catalog) -> None:
         self.parser = AttributeParser(catalog.vocabulary())
@@ -49,17 +56,31 @@ class FeedbackReader:
         return asserted, negated
 
 
-class FeedbackConstraints:
-    """Hard constraints from the feedback: items whose attributes contradict a value the shopper asked for, or
-    have a value they ruled out, sink below every item that fits (one PENALTY per contradicted attribute).
+Probabilities = Mapping[str, tuple[np.ndarray, Sequence[str], np.ndarray]]  # name -> (rows, values, (rows, values))
 
-    `attributes` (one dict per catalog row) may hold predicted values for items without labels; an item with no
-    value for an attribute counts as contradicting a request for it.
+
+def facet_priority(name: str) -> float:
+    return PRIORITY.get(attribute_kind(name), OTHER_PRIORITY)
+
+
+class FeedbackConstraints:
+    """Soft, ranked constraints from the feedback (read by a SemanticReader).
+
+    Per constrained attribute an item earns a credit in [0, 1]: the credit of its value among the wanted ones
+    (1 for the value asked for, partial for a neighbouring shade or a unisex item), 0 for a ruled-out value. Its
+    penalty is PENALTY x (1 + the facets' priority-weighted shortfalls) when it falls short anywhere, else 0: items
+    that fit everything come first; among the rest the most important facets and the nearest values win, and
+    the ranker's own score orders equal penalties.
+
+    `attributes` (one dict per catalog row) may hold predicted values for items without labels; `probabilities`
+    (attribute -> (rows, the head's values, row x value probabilities)) makes those rows count by confidence:
+    their credit is the expected credit under the attribute head. An item with no value earns no credit.
     """
 
-    def __init__(self, catalog: Catalog, attributes: Sequence[Mapping[str, str]] | None = None) -> None:
-        self.reader = FeedbackReader(catalog)
+    def __init__(self, catalog: Catalog, attributes: Sequence[Mapping[str, str]] | None = None,
+                 probabilities: Probabilities | None = None, reader: SemanticReader | None = None) -> None:
         rows = attributes if attributes is not None else [item.attributes for item in catalog]
+        self.reader = reader or SemanticReader(catalog.vocabulary(), rows)
         self.size = len(rows)
         self.codes: dict[str, np.ndarray] = {}
         self.value_codes: dict[str, dict[str, int]] = {}
@@ -68,26 +89,63 @@ class FeedbackConstraints:
             table = {value: code for code, value in enumerate(dict.fromkeys(v for v in values if v is not None))}
             self.value_codes[name] = table
             self.codes[name] = np.array([table.get(v, -1) if v is not None else -1 for v in values], dtype=np.int32)
+        self.soft: dict[str, tuple[np.ndarray, list[str], np.ndarray]] = {}
+        for name, (predicted_rows, values, matrix) in (probabilities or {}).items():
+            if name in self.codes and len(predicted_rows):
+                self.soft[name] = (np.asarray(predicted_rows, dtype=np.int64), list(values),
+                                   np.asarray(matrix, dtype=np.float32))
+
+    def _credits(self, name: str, wanted: Mapping[str, float] | None, ruled: set[str],
+                 rows: np.ndarray | None) -> np.ndarray:
+        """Per row, the credit it earns for one attribute's constraint."""
+        table = self.value_codes[name]
+        def credit_of(value: str) -> float:
+            if value in ruled:
+                return 0.0
+            return float(wanted.get(value, 0.0)) if wanted is not None else 1.0
+        by_code = np.array([credit_of(value) for value in table] + [0.0], dtype=np.float32)  # last: no value
+        codes = self.codes[name] if rows is None else self.codes[name][rows]
+        credits = by_code[codes]
+        if name in self.soft:
+            predicted_rows, values, matrix = self.soft[name]
+            expected = matrix @ np.array([credit_of(value) for value in values], dtype=np.float32)
+            if rows is None:
+                credits[predicted_rows] = expected
+            else:
+                position = {int(r): i for i, r in enumerate(predicted_rows)}
+                picks = [(i, position[int(r)]) for i, r in enumerate(rows) if int(r) in position]
+                if picks:
+                    at, source = map(list, zip(*picks, strict=True))
+                    credits[at] = expected[source]
+        return credits
+
+    def shortfalls(self, state: DialogState, rows: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+        """Attribute -> per row 1 - credit, for every attribute the dialog constrains."""
+        wanted, ruled_out = self.reader.constraints(state)
+        chosen = None if rows is None else np.asarray(rows, dtype=np.int64)
+        return {name: 1.0 - self._credits(name, wanted.get(name), ruled_out.get(name, set()), chosen)
+                for name in self.codes.keys() & (wanted.keys() | ruled_out.keys())}
+
+    def penalties(self, state: DialogState, rows: Sequence[int] | None = None) -> np.ndarray | None:
+        """Per row (all catalog rows when None) the penalty to subtract: 0 when it fits everything, else
+        PENALTY x (1 + priority-weighted shortfalls); None when the dialog set no constraint."""
+        shortfalls = self.shortfalls(state, rows)
+        if not shortfalls:
+            return None
+        weighted = sum(facet_priority(name) * short for name, short in shortfalls.items())
+        return np.where(weighted > FIT_TOLERANCE, PENALTY * (1.0 + weighted), 0.0).astype(np.float32)
 
     def mismatches(self, state: DialogState) -> np.ndarray | None:
-        """Per catalog row, how many of the dialog's constraints it breaks (None: the dialog set none)."""
-        asserted, negated = self.reader.constraints(state)
-        count = None
-        for name in self.codes.keys() & (asserted.keys() | negated.keys()):
-            codes, table = self.codes[name], self.value_codes[name]
-            broken = np.zeros(self.size, dtype=bool)
-            if name in asserted:
-                broken |= codes != table.get(asserted[name], -2)
-            unwanted = [table[v] for v in negated.get(name, ()) if v in table]
-            if unwanted:
-                broken |= np.isin(codes, unwanted)
-            count = broken.astype(np.float32) if count is None else count + broken
-        return count
+        """Per catalog row, how many constrained attributes it falls short of (None: the dialog set none)."""
+        shortfalls = self.shortfalls(state)
+        if not shortfalls:
+            return None
+        return sum((short > FIT_TOLERANCE).astype(np.float32) for short in shortfalls.values())
 
     def apply(self, scores: np.ndarray, states: Sequence[DialogState]) -> np.ndarray:
-        """`scores` (dialogs x catalog rows) with PENALTY subtracted per broken constraint, in place."""
+        """`scores` (dialogs x catalog rows) less each dialog's penalties, in place."""
         for row, state in enumerate(states):
-            broken = self.mismatches(state)
-            if broken is not None:
-                scores[row] -= PENALTY * broken
+            penalty = self.penalties(state)
+            if penalty is not None:
+                scores[row] -= penalty
         return scores

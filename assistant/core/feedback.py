@@ -244,7 +244,7 @@ class AttributeParser:
                 lengths.sort(reverse=True)
             self.vocabulary_tokens.update(form)
 
-    def _match(self, tokens: list[str], start: int) -> tuple[int, list[tuple[str, str]]]:
+    def match(self, tokens: list[str], start: int) -> tuple[int, list[tuple[str, str]]]:
         """Length and (attribute, value) readings of the longest value form starting at `start`."""
         for length in self._lengths_by_first.get(tokens[start], ()):
             entries = self._forms.get(tuple(tokens[start:start + length]))
@@ -265,7 +265,7 @@ class AttributeParser:
         i = 0
         while i < len(tokens):
             token = tokens[i]
-            length, readings = self._match(tokens, i) if token in self._lengths_by_first else (0, [])
+            length, readings = self.match(tokens, i) if token in self._lengths_by_first else (0, [])
             if length:
                 for name, value in readings:
                     if negating:

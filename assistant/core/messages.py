@@ -102,8 +102,12 @@ def item_caption(item: Item) -> str:
     return f"{' · '.join(key_attributes(item))}\n{item.title}"
 
 
+RULED_OUT_KEY = "not"  # the key of Assistant.understood holding the values the shopper ruled out
+
+
 def format_understood(understood: dict[str, str]) -> str:
-    """`colour: red · sleeve: short`, or a plain note when nothing is known yet."""
+    """`colour: red · sleeve: short · not pink, navy blue`, or a plain note when nothing is known yet."""
     if not understood:
         return "nothing specific yet"
-    return " · ".join(f"{name}: {value}" for name, value in understood.items())
+    return " · ".join(f"not {value.lower()}" if name == RULED_OUT_KEY else f"{name}: {value}"
+                      for name, value in understood.items())

@@ -1,0 +1,426 @@
+"""The semantic feedback reader: a shopper's own words -> wanted values (with credit) and ruled-out values.
+
+Mentions are found, longest first, by the catalog's exact value words (AttributeParser), the reviewed lexicon
+(kinds, occasions, seasons, people), colour names in CIELAB (assistant.core.colours) and, for the words left,
+MiniLM phrase vectors against descriptions of every attribute value; assistant.core.negation decides which
+mentions are ruled out.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+from assistant.core.colours import ColourSense
+from assistant.core.feedback import PUNCTUATION, STOP_WORDS, AttributeParser, attribute_kind, name_words, tokenize
+from assistant.core.lexicon import KIND_GLOSS, PEOPLE, PHRASES, audience, audience_credit
+from assistant.core.negation import POST_CUES, PRE_CUES, negated_mentions
+from assistant.core.text_encoder import MINILM_NAME, local_text_source
+
+MAX_PHRASE_TOKENS = 4
+MAX_NGRAM = 3  # residual n-grams embedded by MiniLM
+SEMANTIC_THRESHOLD = 0.62  # cosine a residual n-gram needs to a value's description (calibrated on the dev bank)
+SEMANTIC_MARGIN = 0.03  # over the attribute's second-best value
+SEMANTIC_KINDS = frozenset({"category", "usage", "season", "pattern", "fit", "length", "neckline", "sleeve",
+                            "material", "gender"})
+RELATIVE_WORDS = {"darker": "darker", "deeper": "darker", "lighter": "lighter", "paler": "lighter",
+                  "brighter": "brighter", "bolder": "brighter", "vivid": "brighter"}
+# Words that name no facet value however close their vectors come to one ("an outfit", "something to wear").
+GENERIC_WORDS = frozenset("""outfit outfits clothes clothing wear wearing item items look looks piece pieces stuff
+thing things garment garments apparel style styles option options product products buy gift gifts shop""".split())
+CUE_WORDS = frozenset(word for cue in PRE_CUES + POST_CUES for word in cue)
+READING_CACHE = 4096
+PHRASE_CACHE = 20_000
+
+
+class PhraseEncoder:
+    """all-MiniLM-L6-v2 mean-pooled, L2-normalised phrase vectors: new phrases in one batched call, a bounded LRU."""
+
+    def __init__(self, cache_size: int = PHRASE_CACHE) -> None:
+        source = local_text_source(MINILM_NAME)
+        self.tokenizer = AutoTokenizer.from_pretrained(source)
+        self.model = AutoModel.from_pretrained(source).eval()
+        self.cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.cache_size = cache_size
+        self.lock = threading.Lock()
+
+    @torch.inference_mode()
+    def _encode(self, phrases: list[str]) -> np.ndarray:
+        batch = self.tokenizer(phrases, padding=True, truncation=True, max_length=32, return_tensors="pt")
+        hidden = self.model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+        return torch.nn.functional.normalize(pooled, dim=-1).numpy()
+
+    def encode(self, phrases: Sequence[str]) -> np.ndarray:
+        """(len(phrases), 384) vectors."""
+        with self.lock:
+            missing = list(dict.fromkeys(p for p in phrases if p not in self.cache))
+            for start in range(0, len(missing), 256):
+                chunk = missing[start:start + 256]
+                for phrase, vector in zip(chunk, self._encode(chunk), strict=True):
+                    self.cache[phrase] = vector
+            out = np.stack([self.cache[p] for p in phrases]) if phrases else np.zeros((0, 384), np.float32)
+            for phrase in phrases:
+                self.cache.move_to_end(phrase)
+            while len(self.cache) > self.cache_size:
+                self.cache.popitem(last=False)
+        return out
+
+
+@functools.cache
+def phrase_encoder() -> PhraseEncoder:
+    """The process's one MiniLM phrase encoder (loaded on first use)."""
+    return PhraseEncoder()
+
+
+@dataclass
+class Mention:
+    """A span of the message naming values: attribute -> value -> credit, and what a negation rules out."""
+
+    start: int
+    end: int
+    words: str
+    wanted: dict[str, dict[str, float]]
+    ruled: dict[str, set[str]]
+    how: str  # exact | lexicon | person | colour | semantic
+
+
+@dataclass
+class Reading:
+    """What one message says: wanted values with credit, ruled-out values, relative colour moves, other words."""
+
+    wanted: dict[str, dict[str, float]] = field(default_factory=dict)
+    ruled_out: dict[str, set[str]] = field(default_factory=dict)
+    said: dict[str, str] = field(default_factory=dict)  # attribute -> the shopper's words for it
+    relative: list[str] = field(default_factory=list)  # darker | lighter | brighter
+    words: list[str] = field(default_factory=list)
+    mentions: list[Mention] = field(default_factory=list)
+
+
+@dataclass
+class Understanding:
+    """A dialog's feedback so far: per attribute the wanted values (credit) and the ruled-out values."""
+
+    wanted: dict[str, dict[str, float]] = field(default_factory=dict)
+    ruled_out: dict[str, set[str]] = field(default_factory=dict)
+    said: dict[str, str] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.wanted or self.ruled_out)
+
+    def best(self) -> dict[str, str]:
+        """The most credited wanted value per attribute (ties: all of them, joined by ' or ')."""
+        out = {}
+        for name, credits in self.wanted.items():
+            top = max(credits.values())
+            out[name] = " or ".join(v for v, c in credits.items() if c >= top - 1e-6)
+        return out
+
+
+class SemanticReader:
+    """Reads a shopper's words against one catalog's attributes (any names and values), see the module docstring.
+
+    `rows` (one attribute dict per catalog row, labels with predictions filled in) lets relative colour words
+    ("darker") read the shown item's colour; `semantic=False` leaves MiniLM out (exact words, lexicon, colours).
+    """
+
+    def __init__(self, vocabulary: Mapping[str, Iterable[str]], rows: Sequence[Mapping[str, str]] | None = None,
+                 semantic: bool = True, encoder: PhraseEncoder | None = None) -> None:
+        self.values = {name: [v for v in dict.fromkeys(values) if v] for name, values in vocabulary.items()}
+        self.kinds = {name: attribute_kind(name) for name in self.values}
+        self.parser = AttributeParser(self.values)
+        self.rows = rows
+        self.semantic = semantic
+        self._encoder = encoder
+        self.colours = {name: ColourSense(values) for name, values in self.values.items()
+                        if self.kinds[name] == "colour"}
+        self.audiences = {name: {v: audience(v) for v in values if audience(v) is not None}
+                          for name, values in self.values.items() if self.kinds[name] == "gender"}
+        self._kind_parsers = {kind: AttributeParser({n: v for n, v in self.values.items() if self.kinds[n] == kind})
+                              for kind in set(self.kinds.values())}
+        self.phrases: dict[tuple[str, ...], tuple[str, tuple[str, ...]]] = {}
+        for kind, table in PHRASES.items():
+            if kind in self._kind_parsers:
+                for phrase, alternatives in table.items():
+                    self.phrases[tuple(tokenize(phrase))] = (kind, alternatives)
+        self.people = {tuple(tokenize(p)): person for p, person in PEOPLE.items()} if any(self.audiences.values()) \
+            else {}
+        self._readings: OrderedDict[str, Reading] = OrderedDict()
+        self._descriptions: tuple[list[tuple[str, str]], np.ndarray] | None = None
+
+    @classmethod
+    def from_catalog(cls, catalog, rows: Sequence[Mapping[str, str]] | None = None, **options) -> SemanticReader:
+        return cls(catalog.vocabulary(), rows, **options)
+
+    # --- mentions -------------------------------------------------------------------------------------------
+    @functools.lru_cache(maxsize=1024)  # noqa: B019 (a reader lives as long as its catalog)
+    def concept_values(self, kind: str, alternatives: tuple[str, ...]) -> dict[str, dict[str, float]]:
+        """The catalog's values of a facet kind named by a lexicon entry's words (exact words, else MiniLM)."""
+        parser = self._kind_parsers.get(kind)
+        found: dict[str, dict[str, float]] = {}
+        for alternative in alternatives:
+            for name, value in parser.parse(alternative).asserted.items() if parser else ():
+                found.setdefault(name, {}).setdefault(value, 1.0)
+        if not found and self.semantic:
+            best = self._nearest(" or ".join(alternatives), {kind}, threshold=SEMANTIC_THRESHOLD - 0.07)
+            if best is not None:
+                found = {best[0]: {best[1]: 1.0}}
+        return found
+
+    def _person_values(self, person: tuple[str, str]) -> dict[str, dict[str, float]]:
+        out = {}
+        for name, audiences in self.audiences.items():
+            credits = {v: audience_credit(person, a) for v, a in audiences.items()}
+            credits = {v: c for v, c in credits.items() if c > 0}
+            if credits:
+                out[name] = credits
+        return out
+
+    def _exact(self, tokens: list[str], start: int) -> Mention | None:
+        length, readings = self.parser.match(tokens, start)
+        if not length:
+            return None
+        words = " ".join(tokens[start:start + length])
+        wanted: dict[str, dict[str, float]] = {}
+        ruled: dict[str, set[str]] = {}
+        for name, value in readings:
+            if name in self.colours:
+                wanted[name] = self.colours[name].wanted(value) or {value: 1.0}
+                ruled[name] = set(self.colours[name].ruled_out(value)) or {value}
+            else:
+                wanted.setdefault(name, {})[value] = 1.0
+                ruled.setdefault(name, set()).add(value)
+        return Mention(start, start + length, words, wanted, ruled, "exact")
+
+    def _lexicon(self, tokens: list[str], start: int) -> Mention | None:
+        for length in range(min(MAX_PHRASE_TOKENS, len(tokens) - start), 0, -1):
+            key = tuple(tokens[start:start + length])
+            if key in self.people:
+                wanted = self._person_values(self.people[key])
+                how = "person"
+            elif key in self.phrases:
+                wanted = self.concept_values(*self.phrases[key])
+                how = "lexicon"
+            else:
+                continue
+            if wanted:
+                ruled = {n: {v for v, c in credits.items() if c >= 1.0} for n, credits in wanted.items()}
+                return Mention(start, start + length, " ".join(key), wanted, ruled, how)
+        return None
+
+    def _colour(self, tokens: list[str], start: int) -> Mention | None:
+        for length in range(min(3, len(tokens) - start), 0, -1):
+            words = " ".join(tokens[start:start + length])
+            if any(t in STOP_WORDS or t in PUNCTUATION for t in tokens[start:start + length]):
+                continue
+            wanted = {name: sense.wanted(words) for name, sense in self.colours.items()}
+            wanted = {name: credits for name, credits in wanted.items() if credits}
+            if wanted:
+                ruled = {name: set(self.colours[name].ruled_out(words)) for name in wanted}
+                return Mention(start, start + length, words, wanted, ruled, "colour")
+        return None
+
+    def _description_bank(self) -> tuple[list[tuple[str, str]], np.ndarray]:
+        if self._descriptions is None:
+            keys = [(name, value) for name, values in self.values.items() if self.kinds[name] in SEMANTIC_KINDS
+                    for value in values if len(value) <= 40]
+            texts = [f"{value.lower()}, {KIND_GLOSS.get(self.kinds[name], 'a product attribute')} "
+                     f"({name_words(name)})" for name, value in keys]
+            self._descriptions = keys, self.encoder.encode(texts) if texts else np.zeros((0, 384), np.float32)
+        return self._descriptions
+
+    @property
+    def encoder(self) -> PhraseEncoder:
+        if self._encoder is None:
+            self._encoder = phrase_encoder()
+        return self._encoder
+
+    def _scores(self, phrases: list[str], kinds: set[str] | None = None
+                ) -> list[tuple[str, str, float, float] | None]:
+        """Per phrase: the best (attribute, value, cosine, margin over that attribute's second best)."""
+        keys, bank = self._description_bank()
+        if not phrases or not keys:
+            return [None] * len(phrases)
+        similarity = self.encoder.encode(phrases) @ bank.T
+        out: list[tuple[str, str, float, float] | None] = []
+        for row in similarity:
+            order = np.argsort(-row)
+            best = next((j for j in order if kinds is None or self.kinds[keys[j][0]] in kinds), None)
+            if best is None:
+                out.append(None)
+                continue
+            name = keys[best][0]
+            second = next((row[j] for j in order if j != best and keys[j][0] == name), -1.0)
+            out.append((name, keys[best][1], float(row[best]), float(row[best] - second)))
+        return out
+
+    def _nearest(self, phrase: str, kinds: set[str], threshold: float) -> tuple[str, str] | None:
+        scored = self._scores([phrase], kinds)[0]
+        if scored is None or scored[2] < threshold or scored[3] < SEMANTIC_MARGIN:
+            return None
+        return scored[0], scored[1]
+
+    def _semantic(self, tokens: list[str], taken: set[int]) -> list[Mention]:
+        """Mentions MiniLM finds among the words no other reading took (n-grams of up to MAX_NGRAM tokens)."""
+        content = [i for i, t in enumerate(tokens) if i not in taken and t not in STOP_WORDS and t not in CUE_WORDS
+                   and t not in PUNCTUATION and t.isalpha() and len(t) > 2 and t not in RELATIVE_WORDS
+                   and t not in GENERIC_WORDS]
+        if not content or not self.semantic:
+            return []
+        content_set = set(content)
+        grams = [(i, i + n) for i in content for n in range(1, MAX_NGRAM + 1)
+                 if i + n - 1 in content_set and all(j not in taken and tokens[j] not in PUNCTUATION
+                                                     for j in range(i, i + n))]
+        scored = self._scores([" ".join(tokens[a:b]) for a, b in grams])
+        accepted = sorted(((s[2], a, b, s) for (a, b), s in zip(grams, scored, strict=True)
+                           if s is not None and s[2] >= SEMANTIC_THRESHOLD and s[3] >= SEMANTIC_MARGIN), reverse=True)
+        used: set[int] = set()
+        mentions = []
+        for _, a, b, (name, value, _, _) in accepted:
+            if used.isdisjoint(range(a, b)):
+                used.update(range(a, b))
+                mentions.append(Mention(a, b, " ".join(tokens[a:b]), {name: {value: 1.0}}, {name: {value}},
+                                        "semantic"))
+        return mentions
+
+    def mentions(self, tokens: list[str]) -> list[Mention]:
+        """Every mention in the tokens, longest first at each position (ties: exact words, then the lexicon)."""
+        found: list[Mention] = []
+        i = 0
+        while i < len(tokens):
+            if tokens[i] in PUNCTUATION:
+                i += 1
+                continue
+            candidates = [m for m in (self._exact(tokens, i), self._lexicon(tokens, i),
+                                      self._colour(tokens, i) if self.colours else None) if m is not None]
+            if not candidates:
+                i += 1
+                continue
+            longest = max(m.end for m in candidates)
+            best = [m for m in candidates if m.end == longest]
+            person = next((m for m in best if m.how == "person"), None)
+            chosen = person if person is not None and all(self.kinds[n] == "gender" for n in best[0].wanted) \
+                else best[0]
+            found.append(chosen)
+            i = chosen.end
+        taken = {j for m in found for j in range(m.start, m.end)}
+        found.extend(self._semantic(tokens, taken))
+        return sorted(found, key=lambda m: m.start)
+
+    # --- messages and dialogs ------------------------------------------------------------------------------
+    def read(self, text: str) -> Reading:
+        """What one message says (cached per string, bounded)."""
+        if text in self._readings:
+            self._readings.move_to_end(text)
+            return self._readings[text]
+        tokens = tokenize(text)
+        mentions = self.mentions(tokens)
+        negated = negated_mentions(tokens, [(m.start, m.end) for m in mentions])
+        reading = Reading(mentions=mentions)
+        for index, mention in enumerate(mentions):
+            if index in negated:
+                for name, values in mention.ruled.items():
+                    reading.ruled_out.setdefault(name, set()).update(values)
+                continue
+            for name, credits in mention.wanted.items():
+                merged = reading.wanted.setdefault(name, {})
+                for value, credit in credits.items():
+                    merged[value] = max(merged.get(value, 0.0), credit)
+                reading.said[name] = mention.words if name not in reading.said else \
+                    f"{reading.said[name]} or {mention.words}"
+        for name, values in reading.ruled_out.items():  # "red, not pink" keeps red; a ruled-out shade drops
+            if name in reading.wanted:
+                reading.wanted[name] = {v: c for v, c in reading.wanted[name].items() if v not in values}
+                if not reading.wanted[name]:
+                    del reading.wanted[name]
+        taken = {j for m in mentions for j in range(m.start, m.end)}
+        reading.relative = [RELATIVE_WORDS[t] for i, t in enumerate(tokens) if t in RELATIVE_WORDS and i not in taken]
+        reading.words = list(dict.fromkeys(
+            t for i, t in enumerate(tokens) if i not in taken and t not in PUNCTUATION and t not in STOP_WORDS
+            and t not in CUE_WORDS and t not in RELATIVE_WORDS and len(t) > 1))
+        self._readings[text] = reading
+        while len(self._readings) > READING_CACHE:
+            self._readings.popitem(last=False)
+        return reading
+
+    def _shown_value(self, shown, name: str) -> str | None:
+        if shown is None:
+            return None
+        if isinstance(shown, int):
+            return self.rows[shown].get(name) if self.rows is not None and 0 <= shown < len(self.rows) else None
+        return getattr(shown, "attributes", {}).get(name)
+
+    def understand(self, state) -> Understanding:
+        """The dialog so far: later turns replace an attribute's wanted values; ruled-out values accumulate
+        (and a value asked for again is no longer ruled out); "darker"/"lighter" move from the shown colour."""
+        result = Understanding()
+        for turn in state.turns:
+            reading = self.read(turn.feedback)
+            wanted = dict(reading.wanted)
+            said = dict(reading.said)
+            for direction in reading.relative:
+                for name, sense in self.colours.items():
+                    reference = self._shown_value(turn.shown, name) or next(iter(result.best().get(name, "")
+                                                                               .split(" or ")), None)
+                    credits = sense.relative(reference, direction) if reference and name not in wanted else {}
+                    if credits:
+                        wanted[name] = credits
+                        said[name] = f"{direction} than {reference.lower()}"
+            for name, values in reading.ruled_out.items():
+                result.ruled_out.setdefault(name, set()).update(values)
+                if name in result.wanted:
+                    result.wanted[name] = {v: c for v, c in result.wanted[name].items() if v not in values}
+                    if not result.wanted[name]:
+                        del result.wanted[name]
+                        result.said.pop(name, None)
+            for name, credits in wanted.items():
+                result.wanted[name] = dict(credits)
+                result.said[name] = said.get(name, "")
+                if name in result.ruled_out:
+                    result.ruled_out[name] -= {v for v, c in credits.items() if c >= 1.0}
+                    if not result.ruled_out[name]:
+                        del result.ruled_out[name]
+        return result
+
+    def constraints(self, state) -> tuple[dict[str, dict[str, float]], dict[str, set[str]]]:
+        """(wanted value -> credit per attribute, ruled-out values per attribute) over the whole dialog."""
+        understanding = self.understand(state)
+        return understanding.wanted, understanding.ruled_out
+
+
+
+def phrase_bank_scores(reader: SemanticReader, bank: Sequence[Sequence]) -> dict[str, float]:
+    """Precision and recall of a reader on phrases [text, wanted {attribute: "A|B"}, ruled out {attribute: "A|B"}].
+
+    A wanted facet is found when one of its acceptable values gets full credit; a ruled-out facet when one of its
+    values is ruled out. Precision counts every attribute the reader wanted or ruled out (coarser category
+    attributes of a found kind excepted) against the expected ones.
+    """
+    found = expected = claimed = right = 0
+    for text, wanted, ruled in bank:
+        reading = reader.read(text)
+        for name, accepted in wanted.items():
+            expected += 1
+            found += any(reading.wanted.get(name, {}).get(v, 0.0) >= 1.0 for v in accepted.split("|"))
+        for name, accepted in ruled.items():
+            expected += 1
+            found += any(v in reading.ruled_out.get(name, set()) for v in accepted.split("|"))
+        coarse = {n for n in reader.kinds if reader.kinds[n] == "category" and n not in wanted} \
+            if any(reader.kinds.get(n) == "category" for n in wanted) else set()
+        for name, credits in reading.wanted.items():
+            if name in coarse:
+                continue
+            claimed += 1
+            right += name in wanted and any(credits.get(v, 0.0) >= 1.0 for v in wanted[name].split("|"))
+        for name, values in reading.ruled_out.items():
+            claimed += 1
+            right += name in ruled and bool(values & set(ruled[name].split("|")))
+    return {"precision": right / max(claimed, 1), "recall": found / max(expected, 1), "phrases": len(bank)}
