@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from assistant.core.catalog import Catalog
+from assistant.core.catalog import Catalog, Item
 from assistant.core.constraints import FeedbackConstraints, Probabilities
 from assistant.core.dialog import PAGE_SIZE, Dialog, RankingContext
 from assistant.core.loaders import load_catalog
@@ -24,10 +27,15 @@ from assistant.vision.index import cached_index
 from retriever.baselines import AttributeFilterRanker, KeywordRanker, RandomRanker, SingleTurnRanker
 from retriever.evaluate import evaluate
 from retriever.model import DialogRetriever, RetrieverRanker
+from retriever.requests import FirstPage, Request, evaluate_requests
 from simulator.template_user import TemplateUser
 from simulator.user import load_simulator_user
 
 log = logging.getLogger(__name__)
+
+
+def _first_page(context: RankingContext, text: str) -> list[Item]:
+    return Dialog(context).start(text=text)
 
 
 class Assistant:
@@ -98,19 +106,22 @@ class Assistant:
         """A new dialog for one shopper."""
         return Dialog(self.context(), page_size=page_size)
 
-    def user(self, spec: str = "template", seed: int = 0) -> User:
-        """A simulated shopper: `template`, `simulator` (the trained one in the model dir) or `module:function`."""
-        key = f"{spec}@{seed}"
+    def user(self, spec: str = "template", seed: int = 0, catalog: Catalog | None = None) -> User:
+        """A simulated shopper: `template`, `simulator` (the trained one in the model dir) or `module:function`,
+        answering about `catalog`'s items (default this assistant's; the full-label original of a thinned one)."""
+        catalog = catalog or self.catalog
+        key = f"{spec}@{seed}@{catalog.fingerprint}"
         if key not in self._users:
             if spec == "simulator":
-                self._users[key] = load_simulator_user(self.model_dir, self.catalog, self.features,
+                features = self.features if catalog is self.catalog else compute_features(self.backbone, catalog)
+                self._users[key] = load_simulator_user(self.model_dir, catalog, features,
                                                        self.config.users.simulator_decoding, seed=seed)
             elif spec == "template":
                 users = self.config.users
-                self._users[key] = TemplateUser(self.catalog, seed=seed, max_facets=users.max_facets,
+                self._users[key] = TemplateUser(catalog, seed=seed, max_facets=users.max_facets,
                                                 title_words=users.title_words)
             else:
-                self._users[key] = resolve_user(spec, self.catalog, seed=seed)
+                self._users[key] = resolve_user(spec, catalog, seed=seed)
         return self._users[key]
 
     def understood(self, dialog: Dialog) -> dict[str, str]:
@@ -145,11 +156,30 @@ class Assistant:
         return " + ".join(parts)
 
     def evaluate(self, user: str = "template", turns: int = 5, targets: int = 1000, seed: int = 0,
-                 baselines: bool = True) -> dict[str, Any]:
-        """The held-out dialog protocol for the model and the baselines, with one user (see retriever.evaluate)."""
+                 baselines: bool = True, truth: Catalog | None = None) -> dict[str, Any]:
+        """The held-out dialog protocol for the model and the baselines, with one user (see retriever.evaluate);
+        the user answers from `truth` (the full-label catalog when this assistant ranks a thinned copy)."""
         systems = {"model": self.ranker, **(self.baselines() if baselines else {})}
         notes = {"model": self.ranking,
                  "no_attributes": "the model's attribute tokens masked at inference (not retrained)",
                  "retriever_only": "the dialog retriever without the feedback's attribute constraints"}
-        return evaluate(systems, self.catalog, self.user(user, seed=seed), turns=turns, targets=targets, seed=seed,
-                        user_name=user, notes=notes)
+        return evaluate(systems, self.catalog, self.user(user, seed=seed, catalog=truth), turns=turns,
+                        targets=targets, seed=seed, user_name=user, notes=notes, truth=truth)
+
+    def first_pages(self, baselines: bool = True) -> dict[str, FirstPage]:
+        """Per system, its first page for an opening message: the model exactly as the app ranks
+        (`dialog().start(text=...)`), each baseline through the same Dialog with its own ranker."""
+        pages: dict[str, FirstPage] = {"model": lambda text: self.dialog().start(text=text)}
+        if baselines:
+            context = self.context()
+            for name, ranker in self.baselines().items():
+                pages[name] = functools.partial(_first_page, dataclasses.replace(context, ranker=ranker))
+        return pages
+
+    def evaluate_requests(self, requests: Sequence[Request], baselines: bool = True,
+                          truth: Catalog | None = None) -> dict[str, Any]:
+        """The request benchmark (see retriever.requests) for the model and the baselines, judged against
+        `truth`'s labels (default this assistant's catalog)."""
+        result = evaluate_requests(self.first_pages(baselines), truth or self.catalog, requests)
+        result["notes"] = {"model": self.ranking, "keyword": "BM25 over titles and labels, today's exact-word parser"}
+        return result

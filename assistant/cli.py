@@ -13,7 +13,7 @@ from pathlib import Path
 
 from assistant.api import Assistant
 from assistant.chat import chat
-from assistant.core.catalog import CatalogError
+from assistant.core.catalog import CatalogError, thin_labels
 from assistant.core.config import STAGES
 from assistant.core.demo_catalog import VERSION, contact_sheet
 from assistant.core.loaders import load_catalog
@@ -25,6 +25,7 @@ from assistant.service import serve_api
 from assistant.vision.backbone import BACKBONE_FILE, Backbone
 from assistant.vision.features import compute_features
 from retriever.evaluate import plot, save_result
+from retriever.requests import HALVES, default_requests, load_requests, summary_lines
 from simulator.captioner import SimulatorModel
 from simulator.metrics import evaluate_simulator
 
@@ -80,8 +81,11 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    assistant = Assistant.load(args.model, _catalog_split(args))
-    result = assistant.evaluate(args.user, turns=args.turns, targets=args.targets, seed=args.seed)
+    truth = _catalog_split(args)
+    assistant = Assistant.load(args.model, thin_labels(truth, args.thin_labels) if args.thin_labels else truth)
+    result = assistant.evaluate(args.user, turns=args.turns, targets=args.targets, seed=args.seed, truth=truth)
+    if args.thin_labels:
+        result["thin_labels"] = args.thin_labels
     for name, metrics in result["systems"].items():
         print(f"{name:>16}: recall@10 " + " ".join(f"{v:.3f}" for v in metrics["recall@10"])
               + "  success@10 " + " ".join(f"{v:.3f}" for v in metrics["success@10"]))
@@ -89,6 +93,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         save_result(result, args.json)
     if args.plot:
         plot(result, args.plot)
+    return 0
+
+
+def cmd_evaluate_requests(args: argparse.Namespace) -> int:
+    truth = _catalog_split(args)
+    requests_file = args.requests or default_requests(truth)
+    requests = load_requests(requests_file, half=args.half)
+    assistant = Assistant.load(args.model, thin_labels(truth, args.thin_labels) if args.thin_labels else truth)
+    result = assistant.evaluate_requests(requests, truth=truth)
+    result.update(requests_file=Path(requests_file).name, split=args.split or "all", thin_labels=args.thin_labels)
+    print("\n".join(summary_lines(result)))
+    if args.json:
+        save_result(result, args.json)
     return 0
 
 
@@ -189,7 +206,20 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--json", type=Path, help="write the result here")
     evaluate.add_argument("--plot", type=Path, help="write a PNG of recall@10 and success@10 per turn here")
+    _thin_labels_option(evaluate)
     evaluate.set_defaults(run=cmd_evaluate)
+
+    requests = commands.add_parser("evaluate-requests",
+                                   help="precision@12 of the first page for shoppers' opening requests, by kind")
+    _model_and_catalog(requests)
+    _split_option(requests)
+    requests.add_argument("--requests", type=Path, help="a JSONL file of requests (default: the shipped "
+                          "benchmarks/requests/fpi.jsonl for a Fashion Product Images catalog)")
+    requests.add_argument("--half", choices=[*HALVES, "all"], default="all",
+                          help="which half of the requests (held-out is the reported number; default all)")
+    requests.add_argument("--json", type=Path, help="write the result (summaries and every request's page) here")
+    _thin_labels_option(requests)
+    requests.set_defaults(run=cmd_evaluate_requests)
 
     simulator = commands.add_parser("evaluate-simulator", help="caption quality and faithfulness of the simulator")
     _model_and_catalog(simulator)
@@ -242,6 +272,19 @@ def _model_and_catalog(parser: argparse.ArgumentParser) -> None:
 def _split_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", choices=["train", "val", "test"],
                         help="use only this split of the catalog (e.g. test: items held out from training)")
+
+
+def _label_names(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("name at least one attribute, e.g. baseColour,season,usage")
+    return names
+
+
+def _thin_labels_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--thin-labels", type=_label_names, metavar="NAMES",
+                        help="blank these labels (comma-separated, e.g. baseColour,season,usage) and colour words "
+                             "in titles before ranking; the shopper and the scoring still see the full labels")
 
 
 def _catalog_split(args: argparse.Namespace):

@@ -100,17 +100,22 @@ def turn_metrics(ranks: np.ndarray, catalog_size: int) -> dict[str, list[float]]
 
 def evaluate(systems: Mapping[str, Ranker], catalog: Catalog, user: Any, turns: int = 5, targets: int = 1000,
              seed: int = 0, user_name: str | None = None, notes: Mapping[str, str] | None = None,
-             batch_size: int = 256) -> dict:
+             batch_size: int = 256, truth: Catalog | None = None) -> dict:
     """Play the same seeded dialogs with every system and report per-turn metrics.
 
     For each target, turn 1 is about a seeded random item; at every turn the user says how the target differs
     from the item shown (the system's highest-ranked item not shown before) and the target's rank is recorded.
+    The user answers from `truth` (the same items in the same order with all their labels, when the systems
+    rank a thinned copy of it; default `catalog`).
     """
+    truth = catalog if truth is None else truth
+    if truth.ids != catalog.ids:
+        raise ValueError("the catalog the user answers from must hold the ranked catalog's items in its order")
     protocol = Protocol.draw(len(catalog), targets, seed)
     result: dict[str, Any] = {"catalog_size": len(catalog), "targets": len(protocol.targets), "turns": turns,
                               "user": user_name or type(user).__name__, "systems": {}}
     for name, ranker in systems.items():
-        ranks = np.concatenate([play(ranker, catalog, user, turns, protocol, s, s + batch_size).ranks
+        ranks = np.concatenate([play(ranker, truth, user, turns, protocol, s, s + batch_size).ranks
                                 for s in range(0, len(protocol.targets), batch_size)])
         result["systems"][name] = turn_metrics(ranks, len(catalog))
     if notes:
@@ -120,7 +125,7 @@ def evaluate(systems: Mapping[str, Ranker], catalog: Catalog, user: Any, turns: 
 
 def play(ranker: Ranker, catalog: Catalog, user: Any, turns: int, protocol: Protocol, start: int, stop: int
          ) -> DialogRun:
-    """Dialogs start..stop of the protocol with one system."""
+    """Dialogs start..stop of the protocol with one system; the user answers about `catalog`'s items."""
     return run_dialogs(ranker, catalog, protocol.targets[start:stop], user, turns, protocol.start_rows[start:stop])
 
 
@@ -150,7 +155,8 @@ def plot(result: dict, path: Path) -> Path:
         axis.grid(alpha=0.3)
     axes[0].set_ylabel("share of targets")
     axes[1].legend(loc="lower right", fontsize=8)
-    figure.suptitle(f"{result['catalog_size']} items, {result['targets']} targets, user: {result['user']}")
+    thin = f", labels thinned: {', '.join(result['thin_labels'])}" if result.get("thin_labels") else ""
+    figure.suptitle(f"{result['catalog_size']} items, {result['targets']} targets, user: {result['user']}{thin}")
     figure.tight_layout()
     atomic_write(Path(path), lambda tmp: figure.savefig(tmp, format="png", dpi=110))
     plt.close(figure)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -11,11 +12,14 @@ from pathlib import Path
 
 from PIL import Image
 
+from assistant.core.feedback import attribute_kind, tokenize
+
 SPLITS = ("train", "val", "test")
 FPI_ATTRIBUTES = ("gender", "masterCategory", "subCategory", "articleType", "baseColour", "season", "usage")
 FPI_COLUMNS = ("id", "gender", "masterCategory", "subCategory", "articleType", "baseColour", "season", "year",
                "usage", "productDisplayName")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+LONE_JOINERS = re.compile(r"(?<![\w])[-/&+]+(?![\w])")
 
 
 class CatalogError(ValueError):
@@ -186,6 +190,35 @@ class Catalog:
             "caption_pairs": len(self.caption_pairs),
             "report": self.report.as_dict(),
         }
+
+
+def _value_words(vocabulary: dict[str, Counter], names: Iterable[str]) -> set[str]:
+    return {word for name in names for value in vocabulary[name] for word in tokenize(value) if word.isalnum()}
+
+
+def thin_labels(catalog: Catalog, names: Iterable[str]) -> Catalog:
+    """The catalog as a shop with thin data has it: the `names` labels blanked on every item and, when a colour
+    label is among them, its values' words taken out of the titles (words some kept label also uses stay).
+    Ids, order, images and categories are kept, so rows line up with the full catalog's."""
+    names = list(dict.fromkeys(names))
+    vocabulary = catalog.vocabulary()
+    unknown = [name for name in names if name not in vocabulary]
+    if unknown:
+        raise ValueError(f"{catalog.name} has no attribute {', '.join(unknown)} to thin "
+                         f"(its attributes: {', '.join(vocabulary) or 'none'})")
+    colour_words = _value_words(vocabulary, (name for name in names if attribute_kind(name) == "colour"))
+    kept_words = _value_words(vocabulary, (name for name in vocabulary if name not in names))
+    dropped = sorted(colour_words - kept_words, key=len, reverse=True)
+    pattern = re.compile(r"\b(?:" + "|".join(map(re.escape, dropped)) + r")\b", re.IGNORECASE) if dropped else None
+    items = []
+    for item in catalog:
+        title = item.title
+        if pattern is not None and pattern.search(title):  # and the dashes that joined the words ("Silver-Black")
+            title = " ".join(LONE_JOINERS.sub(" ", pattern.sub(" ", title)).split())
+        items.append(Item(item.id, item.image_path, title or item.category, item.category,
+                          {name: value for name, value in item.attributes.items() if name not in names}))
+    return Catalog(items, name=f"{catalog.name}[thin {','.join(names)}]", root=catalog.root, report=catalog.report,
+                   caption_pairs=catalog.caption_pairs)
 
 
 def image_problem(path: Path) -> str | None:
