@@ -23,7 +23,8 @@ from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu
 from assistant.core.catalog import Catalog, Item
 from assistant.core.feedback import AttributeParser
 from simulator.captioner import SimulatorModel
-from simulator.template_user import TemplateUser, training_triplets
+from simulator.pairs import training_triplets
+from simulator.template_user import TemplateUser
 
 WORD_PATTERN = re.compile(r"[a-z0-9]+")
 BLEU_WEIGHTS = [(1.0,), (0.5, 0.5), (1 / 3, 1 / 3, 1 / 3), (0.25, 0.25, 0.25, 0.25)]
