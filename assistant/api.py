@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from assistant.core.catalog import Catalog
-from assistant.core.constraints import FeedbackConstraints, FeedbackReader
+from assistant.core.constraints import FeedbackReader
 from assistant.core.dialog import Dialog, RankingContext
 from assistant.core.loaders import load_catalog
 from assistant.model_dir import ATTRIBUTES_FILE, RETRIEVER_FILE, PipelineConfig
@@ -17,10 +17,8 @@ from assistant.vision.attributes import AttributePredictor
 from assistant.vision.backbone import BACKBONE_FILE, Backbone
 from assistant.vision.features import ItemFeatures, compute_features
 from assistant.vision.index import cached_index
-from retriever.baselines import AttributeFilterRanker, KeywordRanker, RandomRanker, SingleTurnRanker
-from retriever.evaluate import evaluate
-from retriever.model import DialogRetriever, RetrieverRanker
-from simulator.template_user import TemplateUser
+from retriever.evaluate import evaluate, model_ranker, standard_systems
+from retriever.model import DialogRetriever
 from simulator.user import load_simulator_user
 
 log = logging.getLogger(__name__)
@@ -46,12 +44,11 @@ class Assistant:
         with open(model_dir / RETRIEVER_FILE, "rb") as weights:
             retriever_digest = hashlib.file_digest(weights, "sha256").hexdigest()[:16]
         self.index = cached_index(vectors, config.index, key=f"{retriever_digest}-{catalog.fingerprint}")
-        self.constraints = FeedbackConstraints(catalog, attributes) if config.retriever.feedback_constraints else None
+        self.ranker = model_ranker(retriever, catalog, self.items, vectors, self.index,
+                                   constraints=config.retriever.feedback_constraints,
+                                   lexical_weight=config.retriever.lexical_weight, attributes=attributes)
+        self.constraints, self.keyword = self.ranker.constraints, self.ranker.lexical
         self.reader = self.constraints.reader if self.constraints is not None else FeedbackReader(catalog)
-        lexical_weight = config.retriever.lexical_weight
-        self.keyword = KeywordRanker(catalog) if lexical_weight > 0 else None
-        self.ranker = RetrieverRanker(retriever, self.items, vectors, self.index, constraints=self.constraints,
-                                      lexical=self.keyword, lexical_weight=lexical_weight)
         self._users: dict[str, User] = {}
 
     @classmethod
@@ -91,28 +88,13 @@ class Assistant:
             if spec == "simulator":
                 self._users[key] = load_simulator_user(self.model_dir, self.catalog, self.features,
                                                        self.config.users.simulator_decoding, seed=seed)
-            elif spec == "template":
-                users = self.config.users
-                self._users[key] = TemplateUser(self.catalog, seed=seed, max_facets=users.max_facets,
-                                                title_words=users.title_words)
             else:
-                self._users[key] = resolve_user(spec, self.catalog, seed=seed)
+                self._users[key] = resolve_user(spec, self.catalog, seed=seed, settings=self.config.users)
         return self._users[key]
 
     def understood(self, dialog: Dialog) -> dict[str, str]:
         """The attribute values the shopper has asked for so far (later turns override earlier, negations remove)."""
         return self.reader.constraints(dialog.state)[0]
-
-    def baselines(self) -> dict[str, Any]:
-        """The evaluation's baseline rankers over this catalog, each a Ranker through the same Dialog loop."""
-        image = self.features.image
-        return {"random": RandomRanker(len(self.catalog)), "keyword": self.keyword or KeywordRanker(self.catalog),
-                "attribute_filter": AttributeFilterRanker(self.catalog, image, self.backbone),
-                "single_turn": SingleTurnRanker(image, self.backbone),
-                "no_attributes": RetrieverRanker(self.retriever, self.items, self.ranker.item_vectors,
-                                                 use_attributes=False, constraints=self.constraints,
-                                                 lexical=self.keyword, lexical_weight=self.ranker.lexical_weight),
-                "retriever_only": RetrieverRanker(self.retriever, self.items, self.ranker.item_vectors)}
 
     @property
     def ranking(self) -> str:
@@ -127,9 +109,11 @@ class Assistant:
     def evaluate(self, user: str = "template", turns: int = 5, targets: int = 1000, seed: int = 0,
                  baselines: bool = True) -> dict[str, Any]:
         """The held-out dialog protocol for the model and the baselines, with one user (see retriever.evaluate)."""
-        systems = {"model": self.ranker, **(self.baselines() if baselines else {})}
-        notes = {"model": self.ranking,
-                 "no_attributes": "the model's attribute tokens masked at inference (not retrained)",
-                 "retriever_only": "the dialog retriever without the feedback's attribute constraints"}
+        systems: dict[str, Any] = {"model": self.ranker}
+        notes: dict[str, str] = {}
+        if baselines:
+            systems, notes = standard_systems(self.ranker, self.catalog, self.features, self.backbone,
+                                              attributes=self.attributes, seed=seed)
+        notes["model"] = self.ranking
         return evaluate(systems, self.catalog, self.user(user, seed=seed), turns=turns, targets=targets, seed=seed,
                         user_name=user, notes=notes)

@@ -18,7 +18,7 @@ from assistant.core.dialog import DialogState, ShownImage, Turn, run_dialogs
 from assistant.core.loaders import load_catalog
 from assistant.vision.backbone import BackboneConfig, create_backbone
 from assistant.vision.features import ItemFeatures, compute_features, features_for
-from retriever.evaluate import evaluate, standard_systems
+from retriever.evaluate import evaluate, model_ranker, standard_systems
 from retriever.model import (
     ATTRIBUTE,
     IMAGE,
@@ -125,9 +125,10 @@ def test_trained_retriever_closes_in_over_the_turns(tmp_path: Path, backbone) ->
                                 tmp_path)
     log = json.loads((tmp_path / TRAIN_LOG_FILE).read_text())
     assert log[-1]["loss"] < log[0]["loss"] - 1.0
-    systems, notes = standard_systems(retriever, test, features, backbone)
-    assert list(systems) == ["model", "no_attributes", "retriever_only", "keyword", "attribute_filter", "single_turn",
-                            "random"]
+    model = model_ranker(retriever, test, retriever.item_inputs(test, features_for(features, test)))
+    systems, notes = standard_systems(model, test, features, backbone)
+    assert list(systems) == ["model", "random", "keyword", "attribute_filter", "single_turn", "no_attributes",
+                            "retriever_only"]
     result = evaluate(systems, test, TemplateUser(test, seed=2), turns=4, targets=len(test), seed=0, notes=notes)
     assert "masked at inference" in result["notes"]["no_attributes"]
     model = result["systems"]["retriever_only"]  # what the retriever learnt, without the feedback constraints
