@@ -114,6 +114,7 @@ def test_save_and_load_give_the_same_vectors(retriever: DialogRetriever, demo: C
         DialogRetriever.load(tmp_path / "missing.safetensors")
 
 
+@pytest.mark.timeout(600)  # trains a retriever on 800 demo items and plays every system's dialogs
 def test_trained_retriever_closes_in_over_the_turns(tmp_path: Path, backbone) -> None:
     catalog = load_catalog("demo:800")
     features = compute_features(backbone, catalog, progress=False)
