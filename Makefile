@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE := 1
 # Idle OpenMP threads sleep instead of spinning: on 2 shared cores spinning slowed torch and faiss 5-10x.
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: setup demo test lint benchmarks
+.PHONY: setup demo test lint benchmarks screenshot
 
 setup: $(STAMP)
 
@@ -28,6 +28,10 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 	$(PYTHON) -m pytest -q
+
+# Rewrites docs/app-screenshot.png from the browser test's three-turn dialog (plain test runs leave it alone).
+screenshot: $(STAMP)
+	FASHION_ASSISTANT_SCREENSHOT=1 $(PYTHON) -m pytest -q tests/test_browser.py -k three_turn
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from assistant.core.catalog import Catalog, Item
-from assistant.core.constraints import FeedbackConstraints, Probabilities
+from assistant.core.constraints import Probabilities
 from assistant.core.dialog import PAGE_SIZE, Dialog, RankingContext
 from assistant.core.loaders import load_catalog
 from assistant.core.messages import RULED_OUT_KEY
@@ -24,11 +24,9 @@ from assistant.vision.attributes import AttributePredictor
 from assistant.vision.backbone import BACKBONE_FILE, Backbone
 from assistant.vision.features import ItemFeatures, compute_features
 from assistant.vision.index import cached_index
-from retriever.baselines import AttributeFilterRanker, KeywordRanker, RandomRanker, SingleTurnRanker
-from retriever.evaluate import evaluate
-from retriever.model import DialogRetriever, RetrieverRanker
+from retriever.evaluate import evaluate, model_ranker, standard_systems
+from retriever.model import DialogRetriever
 from retriever.requests import FirstPage, Request, evaluate_requests
-from simulator.template_user import TemplateUser
 from simulator.user import load_simulator_user
 
 log = logging.getLogger(__name__)
@@ -59,14 +57,13 @@ class Assistant:
         with open(model_dir / RETRIEVER_FILE, "rb") as weights:
             retriever_digest = hashlib.file_digest(weights, "sha256").hexdigest()[:16]
         self.index = cached_index(vectors, config.index, key=f"{retriever_digest}-{catalog.fingerprint}")
-        self.constraints = FeedbackConstraints(catalog, attributes, probabilities) \
-            if config.retriever.feedback_constraints else None
+        self.ranker = model_ranker(retriever, catalog, self.items, vectors, self.index,
+                                   constraints=config.retriever.feedback_constraints,
+                                   lexical_weight=config.retriever.lexical_weight, attributes=attributes,
+                                   probabilities=probabilities)
+        self.constraints, self.keyword = self.ranker.constraints, self.ranker.lexical
         self.reader = self.constraints.reader if self.constraints is not None \
             else SemanticReader.from_catalog(catalog, attributes)
-        lexical_weight = config.retriever.lexical_weight
-        self.keyword = KeywordRanker(catalog) if lexical_weight > 0 else None
-        self.ranker = RetrieverRanker(retriever, self.items, vectors, self.index, constraints=self.constraints,
-                                      lexical=self.keyword, lexical_weight=lexical_weight)
         self._users: dict[str, User] = {}
 
     @classmethod
@@ -116,12 +113,8 @@ class Assistant:
                 features = self.features if catalog is self.catalog else compute_features(self.backbone, catalog)
                 self._users[key] = load_simulator_user(self.model_dir, catalog, features,
                                                        self.config.users.simulator_decoding, seed=seed)
-            elif spec == "template":
-                users = self.config.users
-                self._users[key] = TemplateUser(catalog, seed=seed, max_facets=users.max_facets,
-                                                title_words=users.title_words)
             else:
-                self._users[key] = resolve_user(spec, catalog, seed=seed)
+                self._users[key] = resolve_user(spec, catalog, seed=seed, settings=self.config.users)
         return self._users[key]
 
     def understood(self, dialog: Dialog) -> dict[str, str]:
@@ -133,17 +126,6 @@ class Assistant:
         if ruled:
             out[RULED_OUT_KEY] = ", ".join(ruled)
         return out
-
-    def baselines(self) -> dict[str, Any]:
-        """The evaluation's baseline rankers over this catalog, each a Ranker through the same Dialog loop."""
-        image = self.features.image
-        return {"random": RandomRanker(len(self.catalog)), "keyword": self.keyword or KeywordRanker(self.catalog),
-                "attribute_filter": AttributeFilterRanker(self.catalog, image, self.backbone),
-                "single_turn": SingleTurnRanker(image, self.backbone),
-                "no_attributes": RetrieverRanker(self.retriever, self.items, self.ranker.item_vectors,
-                                                 use_attributes=False, constraints=self.constraints,
-                                                 lexical=self.keyword, lexical_weight=self.ranker.lexical_weight),
-                "retriever_only": RetrieverRanker(self.retriever, self.items, self.ranker.item_vectors)}
 
     @property
     def ranking(self) -> str:
@@ -159,12 +141,18 @@ class Assistant:
                  baselines: bool = True, truth: Catalog | None = None) -> dict[str, Any]:
         """The held-out dialog protocol for the model and the baselines, with one user (see retriever.evaluate);
         the user answers from `truth` (the full-label catalog when this assistant ranks a thinned copy)."""
-        systems = {"model": self.ranker, **(self.baselines() if baselines else {})}
-        notes = {"model": self.ranking,
-                 "no_attributes": "the model's attribute tokens masked at inference (not retrained)",
-                 "retriever_only": "the dialog retriever without the feedback's attribute constraints"}
+        systems: dict[str, Any] = {"model": self.ranker}
+        notes: dict[str, str] = {}
+        if baselines:
+            systems, notes = self.systems(seed)
+        notes["model"] = self.ranking
         return evaluate(systems, self.catalog, self.user(user, seed=seed, catalog=truth), turns=turns,
                         targets=targets, seed=seed, user_name=user, notes=notes, truth=truth)
+
+    def systems(self, seed: int = 0) -> tuple[dict[str, Any], dict[str, str]]:
+        """The model's ranker and every baseline over this catalog, with notes (retriever.evaluate.standard_systems)."""
+        return standard_systems(self.ranker, self.catalog, self.features, self.backbone, attributes=self.attributes,
+                                seed=seed)
 
     def first_pages(self, baselines: bool = True) -> dict[str, FirstPage]:
         """Per system, its first page for an opening message: the model exactly as the app ranks
@@ -172,8 +160,9 @@ class Assistant:
         pages: dict[str, FirstPage] = {"model": lambda text: self.dialog().start(text=text)}
         if baselines:
             context = self.context()
-            for name, ranker in self.baselines().items():
-                pages[name] = functools.partial(_first_page, dataclasses.replace(context, ranker=ranker))
+            for name, ranker in self.systems()[0].items():
+                if name != "model":
+                    pages[name] = functools.partial(_first_page, dataclasses.replace(context, ranker=ranker))
         return pages
 
     def evaluate_requests(self, requests: Sequence[Request], baselines: bool = True,

@@ -15,7 +15,8 @@ from assistant.api import Assistant
 from assistant.chat import chat
 from assistant.core.catalog import CatalogError, thin_labels
 from assistant.core.config import STAGES
-from assistant.core.demo_catalog import VERSION, contact_sheet
+from assistant.core.demo_catalog import VERSION
+from assistant.core.demo_drawing import contact_sheet
 from assistant.core.loaders import load_catalog
 from assistant.core.storage import atomic_write_text, cache_dir
 from assistant.core.store import export_dialogs

@@ -23,6 +23,7 @@ from assistant.model_dir import (
     PLOT_FILE,
     PipelineConfig,
 )
+from assistant.users import template_user
 from assistant.vision.attributes import AttributePredictor
 from assistant.vision.backbone import BACKBONE_FILE, Backbone
 from assistant.vision.backbone_training import train_backbone
@@ -31,7 +32,6 @@ from retriever.evaluate import plot
 from retriever.train import mixed_user, train_retriever
 from simulator.captioner import SimulatorModel
 from simulator.metrics import evaluate_simulator
-from simulator.template_user import TemplateUser
 from simulator.train import train_simulator
 from simulator.user import load_simulator_user
 
@@ -122,16 +122,12 @@ class TrainingRun:
         train_simulator(self.catalog, self.features, self.config.simulator, self.out_dir, resume=True)
         return {}
 
-    def template_user(self, catalog: Catalog):
-        users = self.config.users
-        return TemplateUser(catalog, seed=users.seed, max_facets=users.max_facets, title_words=users.title_words)
-
     def stage_retriever(self) -> dict:
         train = self.split("train")
         train_features = features_for(self.features, train)
         simulator = load_simulator_user(self.out_dir, train, train_features, self.config.users.simulator_decoding,
                                         seed=self.config.users.seed)
-        user = mixed_user(simulator, self.template_user(train), self.config.retriever.simulator_fraction,
+        user = mixed_user(simulator, template_user(train, self.config.users), self.config.retriever.simulator_fraction,
                           seed=self.config.retriever.seed)
         train_retriever(train, train_features, user, self.config.retriever, self.out_dir, resume=True)
         return {}

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 from assistant.core.catalog import Catalog, Item
+from assistant.model_dir import UsersConfig
 from simulator.template_user import TemplateUser
 
 
@@ -48,12 +49,20 @@ def load_function_user(spec: str) -> FunctionUser:
 USER_NAMES = ("template", "simulator")
 
 
-def resolve_user(spec: str, catalog: Catalog | None = None, seed: int = 0) -> User:
-    """A User from its spec: `template` (the template shopper), `simulator` (the trained captioner,
-    loaded from a model dir), or `package.module:function`."""
+def template_user(catalog: Catalog | None, settings: UsersConfig | None = None,
+                  seed: int | None = None) -> TemplateUser:
+    """The template shopper as a `users:` config section sets it up (the section's seed unless `seed` is given)."""
+    settings = settings or UsersConfig()
+    return TemplateUser(catalog, seed=settings.seed if seed is None else seed, max_facets=settings.max_facets,
+                        title_words=settings.title_words)
+
+
+def resolve_user(spec: str, catalog: Catalog | None = None, seed: int = 0, settings: UsersConfig | None = None) -> User:
+    """A User from its spec: `template` (the template shopper, set up by `settings`, a `users:` section),
+    `simulator` (the trained captioner, loaded from a model dir), or `package.module:function`."""
     spec = spec.strip()
     if spec == "template":
-        return TemplateUser(catalog, seed=seed)
+        return template_user(catalog, settings, seed)
     if spec == "simulator":
         # Resolved with a model dir by the simulator's loader (simulator/user.py: load_simulator_user).
         raise ValueError("the simulator user needs a model dir")

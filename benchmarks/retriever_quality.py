@@ -19,7 +19,7 @@ from assistant.core.loaders import load_catalog
 from assistant.core.storage import cache_dir
 from assistant.vision.backbone import Backbone
 from assistant.vision.features import compute_features, features_for
-from retriever.evaluate import evaluate, plot, save_result, standard_systems
+from retriever.evaluate import evaluate, model_ranker, plot, save_result, standard_systems
 from retriever.model import RetrieverConfig
 from retriever.train import mixed_user, train_retriever
 from simulator.template_user import TemplateUser
@@ -87,8 +87,9 @@ def main() -> None:
     if args.ablation:
         plain = dataclasses.replace(config, use_attributes=False)
         ablation = train_retriever(train, train_features, user, plain, args.out_dir / "no-attributes")
-    systems, notes = standard_systems(retriever, test, features, backbone, ablation, seed=args.seed,
-                                      lexical_weight=config.lexical_weight)
+    model = model_ranker(retriever, test, retriever.item_inputs(test, features_for(features, test)),
+                         lexical_weight=config.lexical_weight, seed=args.seed)
+    systems, notes = standard_systems(model, test, features, backbone, ablation, seed=args.seed)
     started = time.time()
     result = evaluate(systems, test, TemplateUser(test, seed=args.seed + 2), args.turns, args.targets, args.seed,
                       user_name="template", notes=notes)

@@ -23,7 +23,7 @@ from assistant.core.storage import atomic_write_text, cache_dir
 from assistant.vision.backbone import Backbone
 from assistant.vision.features import compute_features
 from simulator.captioner import SimulatorModel
-from simulator.template_user import PairSampler
+from simulator.pairs import PairSampler
 
 
 def main() -> None:

@@ -11,12 +11,12 @@ from typing import Any
 import numpy as np
 
 from assistant.core.catalog import Catalog
-from assistant.core.constraints import FeedbackConstraints
+from assistant.core.constraints import FeedbackConstraints, Probabilities
 from assistant.core.dialog import DialogRun, Ranker, run_dialogs
 from assistant.core.storage import atomic_write, atomic_write_text
-from assistant.vision.features import features_for
+from assistant.vision.features import ItemFeatures, features_for
 from retriever.baselines import AttributeFilterRanker, KeywordRanker, RandomRanker, SingleTurnRanker
-from retriever.model import DialogRetriever, RetrieverRanker
+from retriever.model import DialogRetriever, ItemInputs, RetrieverRanker
 
 RECALL_AT = (1, 5, 10, 50)
 SYSTEM_ORDER = ("model", "no_attributes", "keyword", "attribute_filter", "single_turn", "random")
@@ -39,51 +39,44 @@ class Protocol:
         return cls(chosen, [int((t + o) % catalog_size) for t, o in zip(chosen, offsets, strict=True)])
 
 
-@dataclass
-class EvaluationConfig:
-    """The `evaluation:` config section."""
+def model_ranker(retriever: DialogRetriever, catalog: Catalog, items: ItemInputs,
+                 item_vectors: np.ndarray | None = None, index: Any = None, constraints: bool = True,
+                 lexical_weight: float = 0.0, attributes: list[dict[str, str]] | None = None,
+                 probabilities: Probabilities | None = None, seed: int = 0) -> RetrieverRanker:
+    """The model as the app ranks: the retriever (through `index` when given), under the feedback's soft attribute
+    constraints when `constraints` (predicted rows weighed by `probabilities`), plus `lexical_weight` x BM25."""
+    return RetrieverRanker(retriever, items, item_vectors, index,
+                           constraints=FeedbackConstraints(catalog, attributes, probabilities) if constraints else None,
+                           lexical=KeywordRanker(catalog, seed=seed) if lexical_weight > 0 else None,
+                           lexical_weight=lexical_weight)
 
-    split: str = "test"  # which part of the catalog the targets come from ("all" for every item)
-    turns: int = 5
-    targets: int = 1000
-    seed: int = 0
-    user: str = "template"  # template | simulator | module:function
-    baselines: bool = True
 
+def standard_systems(model: RetrieverRanker, catalog: Catalog, features: ItemFeatures, backbone: Any = None,
+                     ablation: DialogRetriever | None = None, attributes: list[dict[str, str]] | None = None,
+                     seed: int = 0) -> tuple[dict[str, Ranker], dict[str, str]]:
+    """The model ranker and every baseline over `catalog` (features: the catalog's or a superset's), with notes.
 
-def standard_systems(retriever: DialogRetriever, catalog: Catalog, features, backbone=None,
-                     ablation: DialogRetriever | None = None, attributes=None, seed: int = 0,
-                     lexical_weight: float = 0.0) -> tuple[dict[str, Ranker], dict[str, str]]:
-    """The model (the retriever under the feedback's attribute constraints, plus `lexical_weight` x BM25: as the app
-    ranks) and every baseline over `catalog` (features: the catalog's or a superset's), with notes;
-    `retriever_only` is the retriever alone.
-
-    `ablation` is a retriever trained without attribute tokens; without one, the no-attributes system is the
-    model with its attribute tokens masked at inference. Baselines needing the backbone's text tower
-    (attribute_filter, single_turn) are left out when no backbone is given.
+    `no_attributes` is `ablation` (a retriever trained without attribute tokens) under the model's constraints and
+    BM25 when given, else the model with the shown items' attribute tokens masked at inference; `retriever_only`
+    is the model's retriever alone. Baselines needing the backbone's text tower (attribute_filter, single_turn)
+    are left out when no backbone is given.
     """
     features = features_for(features, catalog)
-    items = retriever.item_inputs(catalog, features, attributes)
-    constraints = FeedbackConstraints(catalog, attributes)
-    keyword = KeywordRanker(catalog, seed=seed)
-    systems: dict[str, Ranker] = {"model": RetrieverRanker(retriever, items, constraints=constraints, lexical=keyword,
-                                                           lexical_weight=lexical_weight)}
-    if ablation is not None:
-        systems["no_attributes"] = RetrieverRanker(ablation, ablation.item_inputs(catalog, features, attributes),
-                                                   constraints=constraints, lexical=keyword,
-                                                   lexical_weight=lexical_weight)
-        note = "retriever trained without attribute tokens"
-    else:
-        systems["no_attributes"] = RetrieverRanker(retriever, items, systems["model"].item_vectors,
-                                                   use_attributes=False, constraints=constraints, lexical=keyword,
-                                                   lexical_weight=lexical_weight)
-        note = "the model with the shown items' attribute tokens masked at inference"
-    systems["retriever_only"] = RetrieverRanker(retriever, items, systems["model"].item_vectors)
-    systems["keyword"] = keyword
+    hybrid = {"constraints": model.constraints, "lexical": model.lexical, "lexical_weight": model.lexical_weight}
+    systems: dict[str, Ranker] = {"model": model, "random": RandomRanker(len(catalog), seed=seed),
+                                  "keyword": model.lexical or KeywordRanker(catalog, seed=seed)}
     if backbone is not None:
         systems["attribute_filter"] = AttributeFilterRanker(catalog, features.image, backbone, seed=seed)
         systems["single_turn"] = SingleTurnRanker(features.image, backbone, seed=seed)
-    systems["random"] = RandomRanker(len(catalog), seed=seed)
+    if ablation is not None:
+        systems["no_attributes"] = RetrieverRanker(ablation, ablation.item_inputs(catalog, features, attributes),
+                                                   **hybrid)
+        note = "retriever trained without attribute tokens"
+    else:
+        systems["no_attributes"] = RetrieverRanker(model.retriever, model.items, model.item_vectors,
+                                                   use_attributes=False, **hybrid)
+        note = "the model with the shown items' attribute tokens masked at inference (not retrained)"
+    systems["retriever_only"] = RetrieverRanker(model.retriever, model.items, model.item_vectors)
     return systems, {"no_attributes": note,
                      "retriever_only": "the dialog retriever without the feedback's attribute constraints"}
 

@@ -12,23 +12,26 @@ Diversity: distinct-n over all captions, and within segments of 100 captions (co
 
 from __future__ import annotations
 
-import math
 import re
 import time
-from collections import Counter
 from collections.abc import Sequence
 
 from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu
+from pycocoevalcap.cider.cider import Cider
+from rouge_score.rouge_scorer import RougeScorer
 
 from assistant.core.catalog import Catalog, Item
 from assistant.core.feedback import AttributeParser
 from simulator.captioner import SimulatorModel
-from simulator.template_user import TemplateUser, training_triplets
+from simulator.pairs import training_triplets
+from simulator.template_user import TemplateUser
 
 WORD_PATTERN = re.compile(r"[a-z0-9]+")
 BLEU_WEIGHTS = [(1.0,), (0.5, 0.5), (1 / 3, 1 / 3, 1 / 3), (0.25, 0.25, 0.25, 0.25)]
 DEFAULT_MAX_FACETS = 2  # the template shopper's default facet budget (TemplateUser.max_facets)
 SEGMENT = 100  # captions per segment for the size-independent distinct-n
+ROUGE = RougeScorer(["rougeL"])  # lower-case [a-z0-9] words, as `words` reads them; no stemming
+ROUGE_BETA = 1.2  # coco-caption's weight of recall over precision in ROUGE-L
 
 
 def words(text: str) -> list[str]:
@@ -43,74 +46,32 @@ def bleu(candidates: Sequence[str], references: Sequence[Sequence[str]]) -> dict
     return {f"bleu_{n}": float(score) for n, score in enumerate(scores, start=1)}
 
 
-def _lcs(a: Sequence[str], b: Sequence[str]) -> int:
-    previous = [0] * (len(b) + 1)
-    for x in a:
-        current = [0]
-        for j, y in enumerate(b):
-            current.append(previous[j] + 1 if x == y else max(previous[j + 1], current[j]))
-        previous = current
-    return previous[-1]
-
-
-def rouge_l(candidates: Sequence[str], references: Sequence[Sequence[str]], beta: float = 1.2) -> float:
-    """ROUGE-L F-measure averaged over captions, as coco-caption computes it (best reference precision and
-    recall, beta 1.2). No maintained ROUGE package is installed (rouge-score is not), and LCS is ten lines."""
+def rouge_l(candidates: Sequence[str], references: Sequence[Sequence[str]], beta: float = ROUGE_BETA) -> float:
+    """ROUGE-L F-measure averaged over captions, as coco-caption defines it: rouge-score's LCS precision and recall,
+    each the best over the references, weighted by beta 1.2 (rouge-score's own fmeasure is F1, beta 1)."""
     scores = []
     for candidate, refs in zip(candidates, references, strict=True):
-        cand = words(candidate)
-        precisions, recalls = [], []
-        for reference in refs:
-            ref = words(reference)
-            lcs = _lcs(cand, ref)
-            precisions.append(lcs / len(cand) if cand else 0.0)
-            recalls.append(lcs / len(ref) if ref else 0.0)
-        p, r = max(precisions), max(recalls)
+        lcs = [ROUGE.score(reference, candidate)["rougeL"] for reference in refs]
+        p, r = max(score.precision for score in lcs), max(score.recall for score in lcs)
         scores.append((1 + beta**2) * p * r / (r + beta**2 * p) if p and r else 0.0)
     return sum(scores) / len(scores) if scores else 0.0
 
 
-def _ngrams(tokens: Sequence[str], n_max: int = 4) -> Counter:
-    return Counter(tuple(tokens[i:i + n]) for n in range(1, n_max + 1) for i in range(len(tokens) - n + 1))
-
-
 def cider_d(candidates: Sequence[str], references: Sequence[Sequence[str]], sigma: float = 6.0) -> float:
-    """CIDEr-D (Vedantam et al. 2015) following coco-caption's CiderScorer: tf-idf n-gram vectors (n = 1..4)
-    with document frequencies over the reference sets, candidate counts clipped by the reference's, a
-    Gaussian length penalty (sigma 6), averaged over references and n, times 10.
+    """CIDEr-D (Vedantam et al. 2015) by coco-caption's CiderScorer (pycocoevalcap): tf-idf n-gram vectors
+    (n = 1..4) with document frequencies over the reference sets, candidate counts clipped by the reference's,
+    a Gaussian length penalty (sigma 6), averaged over references and n, times 10.
 
-    Written here because its maintained implementations (pycocoevalcap, torchmetrics) are not installed.
+    The text goes in as `words` joined by spaces, so coco-caption's Java tokenizer is not needed.
     """
-    candidate_grams = [_ngrams(words(c)) for c in candidates]
-    reference_grams = [[_ngrams(words(r)) for r in refs] for refs in references]
-    document_frequency: Counter = Counter()
-    for refs in reference_grams:
-        document_frequency.update(set().union(*refs))
-    log_documents = math.log(max(1, len(reference_grams)))
-
-    def vector(grams: Counter) -> tuple[list[dict], list[float], int]:
-        vec: list[dict] = [{} for _ in range(4)]
-        norm = [0.0] * 4
-        for gram, count in grams.items():
-            n = len(gram) - 1
-            weight = count * (log_documents - math.log(max(1.0, document_frequency[gram])))
-            vec[n][gram] = weight
-            norm[n] += weight**2
-        return vec, [math.sqrt(x) for x in norm], sum(c for g, c in grams.items() if len(g) == 1)
-
-    scores = []
-    for grams, refs in zip(candidate_grams, reference_grams, strict=True):
-        hyp_vec, hyp_norm, hyp_len = vector(grams)
-        total = 0.0
-        for ref in refs:
-            ref_vec, ref_norm, ref_len = vector(ref)
-            penalty = math.exp(-((hyp_len - ref_len) ** 2) / (2 * sigma**2))
-            for n in range(4):
-                dot = sum(min(w, ref_vec[n].get(g, 0.0)) * ref_vec[n].get(g, 0.0) for g, w in hyp_vec[n].items())
-                if hyp_norm[n] and ref_norm[n]:
-                    total += dot / (hyp_norm[n] * ref_norm[n]) * penalty / 4
-        scores.append(10.0 * total / max(1, len(refs)))
-    return sum(scores) / len(scores) if scores else 0.0
+    if len(candidates) != len(references):
+        raise ValueError(f"{len(candidates)} captions but {len(references)} reference sets")
+    tokenised = {n: [" ".join(words(reference)) for reference in refs] for n, refs in enumerate(references)}
+    if not any(any(refs) for refs in tokenised.values()):  # no reference n-grams: nothing to match (the scorer fails)
+        return 0.0
+    hypotheses = {n: [" ".join(words(candidate))] for n, candidate in enumerate(candidates)}
+    score, _ = Cider(sigma=sigma).compute_score(tokenised, hypotheses)
+    return float(score)
 
 
 def distinct_n(captions: Sequence[str], n: int) -> float:

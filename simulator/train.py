@@ -30,7 +30,8 @@ from simulator.captioner import (
     SimulatorConfig,
     SimulatorModel,
 )
-from simulator.template_user import TemplateUser, training_triplets
+from simulator.pairs import training_triplets
+from simulator.template_user import TemplateUser
 from simulator.tokenizer import BOS_ID, EOS_ID, PAD_ID, CaptionTokenizer
 
 RESUME_FILE = "simulator.resume.safetensors"

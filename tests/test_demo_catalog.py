@@ -13,18 +13,9 @@ from PIL import Image
 
 from assistant.cli import main as cli_main
 from assistant.core.catalog import Catalog, CatalogError
-from assistant.core.demo_catalog import (
-    ATTRIBUTE_VALUES,
-    BACKGROUND,
-    COLOURS,
-    HEIGHT,
-    STALE_SECONDS,
-    VERSION,
-    WIDTH,
-    contact_sheet,
-    ensure_demo_catalog,
-    generate_demo_catalog,
-)
+from assistant.core.demo_catalog import STALE_SECONDS, VERSION, ensure_demo_catalog, generate_demo_catalog
+from assistant.core.demo_drawing import BACKGROUND, HEIGHT, WIDTH, contact_sheet
+from assistant.core.demo_sampling import ATTRIBUTE_VALUES, COLOURS
 from assistant.core.loaders import load_catalog, load_generic
 
 N_ITEMS = 2000

@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from assistant.core.config import STAGES
 from assistant.pipeline import MANIFEST_FILE, METRICS_FILE, PLOT_FILE, train
 from retriever.train import RETRIEVER_FILE, TRAIN_LOG_FILE
@@ -29,6 +31,7 @@ def _manifest(model_dir: Path) -> dict:
     return json.loads((model_dir / MANIFEST_FILE).read_text(encoding="utf-8"))
 
 
+@pytest.mark.timeout(900)  # trains every stage of the tiny config, then resumes a killed retriever stage
 def test_a_run_killed_in_the_retriever_stage_resumes_without_repeating_finished_stages(
         demo_model_dir: Path, tmp_path: Path) -> None:
     model_dir = _copy_run(demo_model_dir, tmp_path)

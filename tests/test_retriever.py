@@ -22,7 +22,7 @@ from assistant.core.loaders import load_catalog
 from assistant.core.training import Distributed
 from assistant.vision.backbone import BackboneConfig, create_backbone
 from assistant.vision.features import ItemFeatures, compute_features, features_for
-from retriever.evaluate import evaluate, standard_systems
+from retriever.evaluate import evaluate, model_ranker, standard_systems
 from retriever.model import (
     ATTRIBUTE,
     IMAGE,
@@ -141,6 +141,7 @@ def test_a_retriever_file_written_before_the_one_config_still_loads(
     assert np.array_equal(loaded.query_vectors([state], items), retriever.query_vectors([state], items))
 
 
+@pytest.mark.timeout(600)  # trains a retriever on 800 demo items and plays every system's dialogs
 def test_trained_retriever_closes_in_over_the_turns(tmp_path: Path, backbone) -> None:
     catalog = load_catalog("demo:800")
     features = compute_features(backbone, catalog, progress=False)
@@ -152,9 +153,10 @@ def test_trained_retriever_closes_in_over_the_turns(tmp_path: Path, backbone) ->
                                 tmp_path)
     log = json.loads((tmp_path / TRAIN_LOG_FILE).read_text())
     assert log[-1]["loss"] < log[0]["loss"] - 1.0
-    systems, notes = standard_systems(retriever, test, features, backbone)
-    assert list(systems) == ["model", "no_attributes", "retriever_only", "keyword", "attribute_filter", "single_turn",
-                            "random"]
+    model = model_ranker(retriever, test, retriever.item_inputs(test, features_for(features, test)))
+    systems, notes = standard_systems(model, test, features, backbone)
+    assert list(systems) == ["model", "random", "keyword", "attribute_filter", "single_turn", "no_attributes",
+                            "retriever_only"]
     result = evaluate(systems, test, TemplateUser(test, seed=2), turns=4, targets=len(test), seed=0, notes=notes)
     assert "masked at inference" in result["notes"]["no_attributes"]
     model = result["systems"]["retriever_only"]  # what the retriever learnt, without the feedback constraints

@@ -50,6 +50,11 @@ def test_rouge_l_known_value() -> None:
     assert rouge_l(["a b c d"], [["a c d e"]]) == pytest.approx(0.75)
     assert rouge_l(SENTENCES, [[s] for s in SENTENCES]) == pytest.approx(1.0)
     assert rouge_l(["x y"], [["a b"]]) == 0.0
+    # precision 1, recall 1/2: coco-caption's F with beta 1.2 is 2.44 * 0.5 / (0.5 + 1.44), not F1's 2/3
+    assert rouge_l(["a b"], [["a b c d"]]) == pytest.approx(2.44 * 0.5 / 1.94)
+    # the best precision and the best recall over the references, each on its own
+    assert rouge_l(["a b c"], [["a b", "a b c x y z"]]) == pytest.approx(2.44 * 1.0 / (1.0 + 1.44))
+    assert rouge_l(["Make it RED!"], [["make it red"]]) == pytest.approx(1.0)  # case and punctuation ignored
 
 
 def test_cider_d_is_ten_for_identical_distinct_sentences_and_lower_otherwise() -> None:
@@ -59,6 +64,13 @@ def test_cider_d_is_ten_for_identical_distinct_sentences_and_lower_otherwise() -
     assert cider_d(shuffled, references) < 1.0
     one_word_off = ["make it red with short sleeves", *SENTENCES[1:]]
     assert 5.0 < cider_d(one_word_off, references) < 10.0
+
+
+def test_cider_d_needs_matching_lists_and_words_to_match() -> None:
+    assert cider_d(["a caption"], [[""]]) == 0.0
+    assert cider_d(["", *SENTENCES[1:]], [[s] for s in SENTENCES]) == pytest.approx(8.0)  # an empty caption scores 0
+    with pytest.raises(ValueError, match="reference sets"):
+        cider_d(SENTENCES, [[s] for s in SENTENCES[:-1]])
 
 
 def test_cider_d_length_penalty() -> None:

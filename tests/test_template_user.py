@@ -1,8 +1,9 @@
-"""The template shopper, its caption parser and the triplet sampler, on the real catalog and hand-made items."""
+"""The template shopper and its caption parser, on the real catalog and hand-made items."""
 
 from __future__ import annotations
 
 import random
+import re
 import statistics
 import time
 
@@ -10,6 +11,7 @@ import pytest
 
 from assistant.core.catalog import Item
 from assistant.core.feedback import AttributeParser, attribute_kind, tokenize
+from simulator.pairs import PairSampler
 from simulator.template_user import (
     IDENTICAL_REPLIES,
     JOINERS,
@@ -17,9 +19,7 @@ from simulator.template_user import (
     REQUEST_OPENERS,
     TEMPLATES,
     TITLE_ONLY_REPLIES,
-    PairSampler,
     TemplateUser,
-    training_triplets,
 )
 
 PAIRS = 4000
@@ -108,27 +108,104 @@ def test_parser_reads_thousands_of_captions_a_second(real_catalog, parser, pairs
 
 # ---- the template shopper on the real catalog ---------------------------------------------------------------
 
-def test_captions_never_assert_what_the_target_lacks(real_catalog, parser, pairs) -> None:
+WORD_OR_COMMA = re.compile(r"[a-z0-9]+(?:'[a-z]*)?|,")
+WORD_ALIASES = {"sporty": "sports", "multicoloured": "multi"}  # the two adjectives the shopper makes of labels
+CONTRAST_CUES = (("not",), ("no",), ("without",), ("instead", "of"), ("rather", "than"), ("than",), ("less",))
+
+
+def judged_words(text: str) -> tuple[str, ...]:
+    """Lower-case words without possessives or plural endings ("men's" -> men, "t-shirts" -> tshirt), and commas."""
+    stems = []
+    for word in WORD_OR_COMMA.findall(text.lower().replace("-", "")):
+        word = WORD_ALIASES.get(word.split("'")[0], word.split("'")[0])
+        for ending, stem in (("ies", "y"), ("sses", "ss"), ("ches", "ch"), ("shes", "sh"), ("xes", "x"), ("ves", "f")):
+            if word.endswith(ending):
+                word = word[: -len(ending)] + stem
+                break
+        else:
+            if word.endswith("s") and not word.endswith("ss") and len(word) > 3:
+                word = word[:-1]
+        stems.append(word)
+    return tuple(stems)
+
+
+def item_labels(item: Item) -> set[tuple[str, ...]]:
+    """The item's attribute values and multi-labels as judged words."""
+    return {judged_words(label) for value in item.attributes.values()
+            for label in {value, *value.split(",")} if label.strip()}
+
+
+class LabelJudge:
+    """Reads a caption against catalog labels, without the AttributeParser that filters the shopper's replies.
+
+    A mention is the longest run of words spelling some catalog label; it is contrasted when a cue ("not",
+    "instead of", "than", ...) precedes it in its clause (clauses end at a comma or "and").
+    """
+
+    def __init__(self, catalog) -> None:
+        self.labels = set().union(*(item_labels(item) for item in catalog))
+        self.longest = max(map(len, self.labels))
+
+    def mentions(self, caption: str) -> list[tuple[tuple[str, ...], bool]]:
+        """(label words, contrasted) for each label the caption names, in order."""
+        words, found, position, contrasted = judged_words(caption), [], 0, False
+        while position < len(words):
+            span = next((n for n in range(min(self.longest, len(words) - position), 0, -1)
+                         if words[position:position + n] in self.labels), 0)
+            if span:
+                found.append((words[position:position + span], contrasted))
+                position += span
+                continue
+            if words[position] in (",", "and"):
+                contrasted = False
+            elif any(words[position:position + len(cue)] == cue for cue in CONTRAST_CUES):
+                contrasted = True
+            position += 1
+        return found
+
+    def untrue(self, caption: str, target: Item) -> list[str]:
+        """What the caption says wrongly of the target: labels it asserts that neither the target's labels nor its
+        title words hold, and labels of the target it contrasts away."""
+        labels, title = item_labels(target), {(word,) for word in judged_words(target.title)}
+        return [" ".join(words) for words, contrasted in self.mentions(caption)
+                if (words in labels if contrasted else words not in labels | title)]
+
+
+@pytest.fixture(scope="module")
+def judge(real_catalog) -> LabelJudge:
+    return LabelJudge(real_catalog)
+
+
+def test_captions_never_assert_what_the_target_lacks(real_catalog, judge, pairs) -> None:
     user = TemplateUser(real_catalog, seed=3)
-    asserted = correct = changed = stated = budget = stated_in_budget = 0
-    start = time.perf_counter()
     captions = [user.respond(shown, target, turn % 5) for turn, (shown, target) in enumerate(pairs)]
-    rate = len(pairs) / (time.perf_counter() - start)
+    read = asserted = 0
     for (shown, target), caption in zip(pairs, captions, strict=True):
-        parsed = parser.parse(caption)
-        asserted += len(parsed.asserted)
-        correct += sum(target.attributes.get(name) == value for name, value in parsed.asserted.items())
-        for name, values in parsed.negated.items():
-            assert target.attributes.get(name) not in values, (caption, shown.attributes, target.attributes)
+        assert judge.untrue(caption, target) == [], (caption, shown.attributes, target.attributes)
+        mentions = judge.mentions(caption)
+        read += bool(mentions)
+        asserted += sum(not contrasted for _, contrasted in mentions)
+    # the judge reads nearly every caption, and it can fail: the same captions are untrue of the shown items
+    said_of_shown = sum(bool(judge.untrue(caption, shown)) for (shown, _), caption in zip(pairs, captions, strict=True))
+    print(f"label judge: {read} of {len(pairs)} captions name a label, {asserted} labels asserted, all true of the "
+          f"target; {said_of_shown} captions are untrue of the shown item")
+    assert read > 0.95 * len(pairs) and asserted > len(pairs)
+    assert said_of_shown > 0.5 * len(pairs)
+
+
+def test_captions_name_what_differs(real_catalog, parser, pairs) -> None:
+    user = TemplateUser(real_catalog, seed=3)
+    changed = stated = budget = stated_in_budget = 0
+    for turn, (shown, target) in enumerate(pairs):
+        parsed = parser.parse(user.respond(shown, target, turn % 5))
         differing = [n for n, v in target.attributes.items() if shown.attributes.get(n) != v]
         pair_stated = sum(parsed.asserted.get(n) == target.attributes[n] for n in differing)
         changed, stated = changed + len(differing), stated + pair_stated
         budget += min(len(differing), user.max_facets)
         stated_in_budget += min(pair_stated, user.max_facets)
-    precision, recall, budget_recall = correct / asserted, stated / changed, stated_in_budget / budget
-    print(f"template user: {rate:.0f} captions/s; precision {precision:.4f}, recall {recall:.3f}, "
-          f"recall against the facet budget {budget_recall:.3f} over {len(pairs)} pairs")
-    assert precision == 1.0
+    recall, budget_recall = stated / changed, stated_in_budget / budget
+    print(f"template user: recall {recall:.3f}, recall against the facet budget {budget_recall:.3f} "
+          f"over {len(pairs)} pairs")
     assert recall > 0.5
     assert budget_recall > 0.8
 
@@ -195,15 +272,15 @@ def test_replies_are_deterministic_and_independent_of_call_order(real_catalog, p
     assert sum(x != y for x, y in zip(forward, other_seed, strict=True)) > 100
 
 
-def test_describe_opens_with_a_faithful_request(real_catalog, parser) -> None:
+def test_describe_opens_with_a_faithful_request(real_catalog, parser, judge) -> None:
     user = TemplateUser(real_catalog, seed=2)
     rng = random.Random(0)
     facet_counts = []
     openers = set()
     for target in rng.sample(real_catalog.items, 800):
         request = user.describe(target)
+        assert judge.untrue(request, target) == [], (request, target.attributes)
         parsed = parser.parse(request)
-        assert all(target.attributes.get(n) == v for n, v in parsed.asserted.items()), (request, target.attributes)
         assert parsed.asserted.get("articleType") == target.attributes["articleType"], request
         facet_counts.append(len(facet_groups(parsed.asserted)))
         assert request == request.lower()
@@ -306,33 +383,3 @@ def test_bad_settings_are_refused() -> None:
         TemplateUser(max_facets=0)
     with pytest.raises(ValueError, match="title_words"):
         TemplateUser(title_words=-1)
-
-
-# ---- training triplets ---------------------------------------------------------------------------------------
-
-def test_training_triplets_favour_similar_pairs(real_catalog) -> None:
-    def shared(triplets) -> float:
-        return statistics.mean(7 - PairSampler.differing(real_catalog[r], real_catalog[t]) for r, t, _ in triplets)
-
-    similar = training_triplets(real_catalog, 1500, seed=1, similar_fraction=1.0)
-    random_pairs = training_triplets(real_catalog, 1500, seed=1, similar_fraction=0.0)
-    mixed = training_triplets(real_catalog, 1500, seed=1)
-    print(f"shared attributes (of 7): similar {shared(similar):.2f}, mixed {shared(mixed):.2f}, "
-          f"random {shared(random_pairs):.2f}")
-    assert shared(similar) > 5.0 > shared(mixed) > shared(random_pairs) + 1.5
-    assert all(real_catalog[r].category == real_catalog[t].category for r, t, _ in similar)
-    assert all(r != t and caption for r, t, caption in mixed)
-    assert training_triplets(real_catalog, 200, seed=4) == training_triplets(real_catalog, 200, seed=4)
-
-
-def test_training_triplets_take_any_user_and_refuse_bad_arguments(real_catalog) -> None:
-    class Echo:
-        def respond(self, shown: Item, target: Item, turn: int) -> str:
-            return f"{shown.id}>{target.id}"
-
-    triplets = training_triplets(real_catalog, 50, user=Echo())
-    assert all(caption == f"{r}>{t}" for r, t, caption in triplets)
-    with pytest.raises(ValueError, match="similar_fraction"):
-        training_triplets(real_catalog, 5, similar_fraction=1.5)
-    with pytest.raises(ValueError, match="at least 2"):
-        training_triplets(real_catalog.subset(real_catalog.ids[:1]), 5)

@@ -8,7 +8,8 @@ import uuid
 import pytest
 
 from assistant.core.catalog import Item
-from assistant.users import FunctionUser, User, resolve_user
+from assistant.model_dir import UsersConfig
+from assistant.users import FunctionUser, User, resolve_user, template_user
 from simulator.template_user import TemplateUser
 
 SHOWN = Item("1", None, "Acme Women Red Kurta", "Kurtas", {"gender": "Women", "articleType": "Kurtas",
@@ -41,6 +42,20 @@ def test_template_resolves_to_the_template_shopper(real_catalog) -> None:
     shown, target = real_catalog.items[0], real_catalog.items[1]
     assert user.respond(shown, target, 0) == TemplateUser(real_catalog, seed=4).respond(shown, target, 0)
     assert "green" in resolve_user(" template ").respond(SHOWN, TARGET, 0)
+
+
+def test_the_users_section_sets_up_the_template_shopper(real_catalog) -> None:
+    settings = UsersConfig(max_facets=1, title_words=0, seed=9)
+    resolved = resolve_user("template", real_catalog, seed=3, settings=settings)
+    assert (resolved.seed, resolved.max_facets, resolved.title_words) == (3, 1, 0)
+    from_section = template_user(real_catalog, settings)
+    assert (from_section.seed, from_section.max_facets, from_section.title_words) == (9, 1, 0)
+    pairs = list(zip(real_catalog.items[:200], real_catalog.items[200:400], strict=True))
+    one_facet = [resolved.respond(shown, target, 0) for shown, target in pairs]
+    default, twin = resolve_user("template", real_catalog, seed=3), TemplateUser(real_catalog, 3, 1, 0)
+    assert one_facet == [twin.respond(shown, target, 0) for shown, target in pairs]
+    assert sum(reply != default.respond(shown, target, 0) for reply, (shown, target) in zip(one_facet, pairs,
+                                                                                           strict=True)) > 50
 
 
 def test_module_function_user_gets_plain_dicts(helper_module) -> None:
