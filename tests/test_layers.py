@@ -1,0 +1,34 @@
+"""The layers contract is real: lint-imports passes on the tree and fails once the base imports a model package."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
+
+
+def lint_imports(tree: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    return subprocess.run([str(LINT_IMPORTS), "--config", str(tree / "pyproject.toml"), "--no-cache"], cwd=tree,
+                          env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_a_base_module_importing_the_retriever_breaks_the_layers_contract(tmp_path: Path) -> None:
+    for package in ("assistant", "simulator", "retriever"):
+        shutil.copytree(REPO / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__", "*.json"))
+    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
+    clean = lint_imports(tmp_path)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert "2 kept, 0 broken" in clean.stdout
+
+    (tmp_path / "assistant" / "core" / "layer_probe.py").write_text(
+        '"""A base module that reaches up into a model package."""\n\nimport retriever.model  # noqa: F401\n')
+    broken = lint_imports(tmp_path)
+    assert broken.returncode != 0
+    assert "assistant.core.layer_probe -> retriever.model" in broken.stdout
+    assert "1 kept, 1 broken" in broken.stdout
