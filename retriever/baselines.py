@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import bm25s
 import numpy as np
 from scipy import sparse
-from sklearn.feature_extraction.text import CountVectorizer
 
 from assistant.core.catalog import Catalog
 from assistant.core.constraints import FeedbackConstraints, FeedbackReader
@@ -38,20 +38,20 @@ class RandomRanker(ScoreRanker):
 
 class KeywordRanker(ScoreRanker):
     """A shop's search box: BM25 over each item's title and attribute values, queried with every feedback word
-    so far (asserted attribute values in the catalog's own words), leaving out words of negated values."""
+    so far (asserted attribute values in the catalog's own words), leaving out words of negated values.
+
+    The inverted index is bm25s's (Lucene's idf, ATIRE's term frequency part: (k1 + 1) tf / (tf + k1 norm)); a
+    query scores only the postings of its terms, and `row_scores` reads a few rows' scores without scoring all.
+    """
 
     def __init__(self, catalog: Catalog, k1: float = 1.2, b: float = 0.75, seed: int = 0) -> None:
         self.reader = FeedbackReader(catalog)
-        documents = [" ".join([item.title, *item.attributes.values()]) for item in catalog]
-        self.vectorizer = CountVectorizer(analyzer=search_terms)
-        counts = self.vectorizer.fit_transform(documents).tocsr().astype(np.float64)
-        lengths = np.asarray(counts.sum(1)).ravel()
-        document_frequency = np.bincount(counts.indices, minlength=counts.shape[1])
-        idf = np.log1p((len(documents) - document_frequency + 0.5) / (document_frequency + 0.5))
-        norm = k1 * (1 - b + b * lengths / lengths.mean())
-        weights = counts.copy()
-        weights.data = counts.data * (k1 + 1) / (counts.data + np.repeat(norm, np.diff(counts.indptr)))
-        self.weights = (weights @ sparse.diags(idf)).tocsc()  # (items, terms)
+        documents = [search_terms(" ".join([item.title, *item.attributes.values()])) for item in catalog]
+        self.index = bm25s.BM25(k1=k1, b=b, method="atire", idf_method="lucene", dtype="float64")
+        self.index.index(documents, show_progress=False)
+        postings = self.index.scores  # per term (CSC): the rows holding it and their score for it
+        self.by_row = sparse.csc_matrix((postings["data"], postings["indices"], postings["indptr"]),
+                                        shape=(len(catalog), len(postings["indptr"]) - 1)).tocsr()
         self.tie_break = _tie_break(len(catalog), seed)
 
     def query_terms(self, state: DialogState) -> list[str]:
@@ -61,10 +61,26 @@ class KeywordRanker(ScoreRanker):
         terms += [t for value in asserted.values() for t in search_terms(value)]
         return [t for t in dict.fromkeys(terms) if t not in ruled_out]
 
+    def term_ids(self, state: DialogState) -> np.ndarray:
+        """The index's ids of the dialog's query terms (each once; words no item has are left out)."""
+        vocabulary = self.index.vocab_dict
+        terms = dict.fromkeys(search_terms(" ".join(self.query_terms(state))))
+        return np.array([vocabulary[t] for t in terms if t and t in vocabulary], dtype=np.int64)
+
+    def state_scores(self, state: DialogState) -> np.ndarray:
+        """(catalog size,) BM25 scores for one dialog, summed over its terms' postings."""
+        ids = self.term_ids(state)
+        matched = self.index.get_scores_from_ids(ids) if len(ids) else np.zeros(len(self.tie_break))
+        return matched + self.tie_break
+
     def scores(self, states: Sequence[DialogState]) -> np.ndarray:
-        queries = self.vectorizer.transform([" ".join(self.query_terms(s)) for s in states])
-        queries.data[:] = 1.0
-        return np.asarray((self.weights @ queries.T).T.todense()) + self.tie_break
+        return np.stack([self.state_scores(state) for state in states])
+
+    def row_scores(self, state: DialogState, rows: np.ndarray) -> np.ndarray:
+        """BM25 scores of some catalog rows only (the same values `scores` gives them)."""
+        ids = self.term_ids(state)
+        matched = np.asarray(self.by_row[rows][:, ids].sum(1)).ravel() if len(ids) else 0.0
+        return matched + self.tie_break[rows]
 
 
 class AttributeFilterRanker(ScoreRanker):
