@@ -43,6 +43,20 @@ def item_features(catalog, backbone_path: Path | None) -> tuple[ItemFeatures, st
     return ItemFeatures(catalog.ids, vectors[0], vectors[1], vectors[0]), "synthetic (clustered_vectors, 256-d)"
 
 
+def timed_retriever(catalog, features: ItemFeatures, path: Path | None, config_name: str, overrides: dict,
+                    seed: int) -> DialogRetriever:
+    """The trained retriever at `path`, else an untrained one of the config's shape (the same cost per query)."""
+    if path:
+        return DialogRetriever.load(path)
+    try:
+        config = section(load_config(config_name), "retriever", RetrieverConfig)
+    except FileNotFoundError:
+        config = RetrieverConfig()
+    config = dataclasses.replace(config, **overrides)
+    torch.manual_seed(seed)
+    return DialogRetriever.create(catalog, features.dim, config)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--catalog", type=Path, default=DEFAULT_ROOT)
@@ -60,21 +74,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     catalog = load_catalog(args.catalog)
     features, feature_source = item_features(catalog, args.backbone)
-    if args.retriever:
-        retriever = DialogRetriever.load(args.retriever)
-    else:
-        try:
-            config = section(load_config(args.config), "retriever", RetrieverConfig)
-        except FileNotFoundError:
-            config = RetrieverConfig()
-        config = dataclasses.replace(config, **json.loads(args.set))
-        torch.manual_seed(args.seed)
-        retriever = DialogRetriever.create(catalog, features.dim, config)
+    retriever = timed_retriever(catalog, features, args.retriever, args.config, json.loads(args.set), args.seed)
     items = retriever.item_inputs(catalog, features)
     vectors = retriever.item_vectors(items)
     index = VectorIndex.build(vectors, IndexConfig())
+    attributes = [item.attributes for item in catalog]
     rankers = {"app": RetrieverRanker(retriever, items, vectors, index, constraints=FeedbackConstraints(catalog),
-                                      lexical=KeywordRanker(catalog), lexical_weight=RetrieverConfig.lexical_weight),
+                                      lexical=KeywordRanker(catalog), lexical_weight=RetrieverConfig.lexical_weight,
+                                      attributes=attributes),
                "index_only": RetrieverRanker(retriever, items, vectors, index)}
     user = TemplateUser(catalog, seed=args.seed)
     rng = np.random.default_rng(args.seed)

@@ -13,6 +13,7 @@ from assistant.core.constraints import FeedbackConstraints, FeedbackReader
 from assistant.core.dialog import DialogState, ScoreRanker, ShownImage
 from assistant.core.feedback import STOP_WORDS, singular, tokenize
 
+CHAMPIONS = 300  # rows kept per term, its highest-scoring, for candidate search (every row of a rarer term)
 TIE_BREAK = 1e-6  # a fixed, tiny per-item offset so equal scores rank in a seeded random order
 
 
@@ -42,6 +43,8 @@ class KeywordRanker(ScoreRanker):
 
     The inverted index is bm25s's (Lucene's idf, ATIRE's term frequency part: (k1 + 1) tf / (tf + k1 norm)); a
     query scores only the postings of its terms, and `row_scores` reads a few rows' scores without scoring all.
+    `candidates` finds the best rows from each term's champion list (its CHAMPIONS highest-scoring rows: the
+    tiered index of Manning, Raghavan & Schuetze, ch. 7), so a big catalog is never scored whole.
     """
 
     def __init__(self, catalog: Catalog, k1: float = 1.2, b: float = 0.75, seed: int = 0) -> None:
@@ -49,10 +52,22 @@ class KeywordRanker(ScoreRanker):
         documents = [search_terms(" ".join([item.title, *item.attributes.values()])) for item in catalog]
         self.index = bm25s.BM25(k1=k1, b=b, method="atire", idf_method="lucene", dtype="float64")
         self.index.index(documents, show_progress=False)
-        postings = self.index.scores  # per term (CSC): the rows holding it and their score for it
-        self.by_row = sparse.csc_matrix((postings["data"], postings["indices"], postings["indptr"]),
-                                        shape=(len(catalog), len(postings["indptr"]) - 1)).tocsr()
+        scores = self.index.scores
+        # per term (columns): the rows holding it, sorted, and its score in each
+        self.postings = sparse.csc_matrix((scores["data"], scores["indices"], scores["indptr"]),
+                                          shape=(len(catalog), len(scores["indptr"]) - 1))
+        self.postings.sort_indices()
         self.tie_break = _tie_break(len(catalog), seed)
+        self.champions = [self._champions(term) for term in range(self.postings.shape[1])]
+        self._last_terms: tuple[tuple[str, ...] | None, np.ndarray] = (None, np.zeros(0, dtype=np.int64))
+
+    def _posting(self, term: int) -> tuple[np.ndarray, np.ndarray]:
+        start, end = self.postings.indptr[term], self.postings.indptr[term + 1]
+        return self.postings.indices[start:end], self.postings.data[start:end]
+
+    def _champions(self, term: int) -> np.ndarray:
+        rows, scores = self._posting(term)
+        return rows if len(rows) <= CHAMPIONS else rows[np.argpartition(-scores, CHAMPIONS - 1)[:CHAMPIONS]]
 
     def query_terms(self, state: DialogState) -> list[str]:
         asserted, negated = self.reader.constraints(state)
@@ -63,9 +78,15 @@ class KeywordRanker(ScoreRanker):
 
     def term_ids(self, state: DialogState) -> np.ndarray:
         """The index's ids of the dialog's query terms (each once; words no item has are left out)."""
+        feedback = tuple(turn.feedback for turn in state.turns)
+        last = self._last_terms  # one turn asks for its terms several times (candidates, scores); read once
+        if last[0] == feedback:
+            return last[1]
         vocabulary = self.index.vocab_dict
         terms = dict.fromkeys(search_terms(" ".join(self.query_terms(state))))
-        return np.array([vocabulary[t] for t in terms if t and t in vocabulary], dtype=np.int64)
+        ids = np.array([vocabulary[t] for t in terms if t and t in vocabulary], dtype=np.int64)
+        self._last_terms = feedback, ids
+        return ids
 
     def state_scores(self, state: DialogState) -> np.ndarray:
         """(catalog size,) BM25 scores for one dialog, summed over its terms' postings."""
@@ -78,9 +99,25 @@ class KeywordRanker(ScoreRanker):
 
     def row_scores(self, state: DialogState, rows: np.ndarray) -> np.ndarray:
         """BM25 scores of some catalog rows only (the same values `scores` gives them)."""
+        scores = self.tie_break[rows].copy()
+        for term in self.term_ids(state):
+            posting, term_scores = self._posting(term)
+            at = np.minimum(np.searchsorted(posting, rows), len(posting) - 1)
+            scores += np.where(posting[at] == rows, term_scores[at], 0.0)
+        return scores
+
+    def candidates(self, state: DialogState, count: int, within: np.ndarray | None = None) -> np.ndarray:
+        """Up to `count` rows with the best BM25 scores among the query terms' champion rows (only rows of the
+        sorted `within` when given); rows matching no query term are never candidates."""
         ids = self.term_ids(state)
-        matched = np.asarray(self.by_row[rows][:, ids].sum(1)).ravel() if len(ids) else 0.0
-        return matched + self.tie_break[rows]
+        if not len(ids):
+            return np.zeros(0, dtype=np.int64)
+        rows = np.unique(np.concatenate([self.champions[term] for term in ids]))
+        if within is not None:
+            rows = rows[np.isin(rows, within, assume_unique=True)]
+        if len(rows) > count:
+            rows = rows[np.argpartition(-self.row_scores(state, rows), count - 1)[:count]]
+        return rows
 
 
 class AttributeFilterRanker(ScoreRanker):

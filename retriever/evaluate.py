@@ -48,7 +48,8 @@ def model_ranker(retriever: DialogRetriever, catalog: Catalog, items: ItemInputs
     return RetrieverRanker(retriever, items, item_vectors, index,
                            constraints=FeedbackConstraints(catalog, attributes, probabilities) if constraints else None,
                            lexical=KeywordRanker(catalog, seed=seed) if lexical_weight > 0 else None,
-                           lexical_weight=lexical_weight)
+                           lexical_weight=lexical_weight,
+                           attributes=attributes if attributes is not None else [item.attributes for item in catalog])
 
 
 def standard_systems(model: RetrieverRanker, catalog: Catalog, features: ItemFeatures, backbone: Any = None,

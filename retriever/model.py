@@ -18,9 +18,11 @@ from safetensors.torch import save_file
 from torch import nn
 
 from assistant.core.catalog import Catalog
-from assistant.core.dialog import DialogState, ScoreRanker, ShownImage
+from assistant.core.constraints import FIT_TOLERANCE
+from assistant.core.dialog import DialogState, ScoreRanker, ShownImage, top_rows
 from assistant.core.storage import atomic_write
 from assistant.core.training import load_module_weights, module_weights
+from assistant.vision.index import AttributeIndex
 from retriever.text import FeedbackTextEncoder
 
 FILE_FORMAT = "fashion-assistant-retriever/2"
@@ -35,6 +37,9 @@ MAX_TITLE_PIECES = 16  # wordpieces read of each item's title
 
 # Settings that do not change what a run computes: a run may resume when only these differ.
 RUN_INDEPENDENT = ("device", "threads", "progress", "feedback_constraints", "lexical_weight")
+
+CANDIDATES = 100  # candidate rows from each source: the index's nearest, BM25's best, the nearest fitting rows
+SCORE_ALL_FITTING = 20_000  # up to this many rows fitting the constraints are all scored, not searched for
 
 
 @dataclass
@@ -488,11 +493,18 @@ class RetrieverRanker(ScoreRanker):
     feedback asked for or ruled out rank below every item that fits; the retriever orders each group. With
     `lexical` (a keyword ranker, e.g. BM25 over titles) `lexical_weight` times its score is added: hybrid search,
     so that a brand or product word the shopper types counts as exactly as a search box counts it.
+
+    `scores` is the exact hybrid score of every item (evaluation). `rank` with an approximate index (HNSW or IVF:
+    IndexConfig.exact_threshold decides by catalog size, at the crossover measured in
+    benchmarks/scale_latency.py) never scores the whole catalog: it takes candidates (the index's nearest items to the
+    query; the best BM25 rows from the keyword ranker's inverted index; the rows fitting the feedback's
+    constraints, found in an AttributeIndex over `attributes` and searched in the index with a faiss
+    IDSelector, or all of them when they are few) and re-ranks their union by the exact hybrid score.
     """
 
     def __init__(self, retriever: DialogRetriever, items: ItemInputs, item_vectors: np.ndarray | None = None,
                  index=None, use_attributes: bool = True, constraints=None, lexical=None,
-                 lexical_weight: float = 0.0) -> None:
+                 lexical_weight: float = 0.0, attributes: Sequence[Mapping[str, str]] | None = None) -> None:
         self.retriever = retriever
         self.items = items
         self.item_vectors = item_vectors if item_vectors is not None else retriever.item_vectors(items)
@@ -501,6 +513,7 @@ class RetrieverRanker(ScoreRanker):
         self.constraints = constraints
         self.lexical = lexical if lexical_weight > 0 else None
         self.lexical_weight = lexical_weight
+        self.filter = AttributeIndex(attributes) if attributes is not None and constraints is not None else None
 
     def queries(self, states: Sequence[DialogState]) -> np.ndarray:
         return self.retriever.query_vectors(states, self.items, self.use_attributes)
@@ -512,9 +525,67 @@ class RetrieverRanker(ScoreRanker):
         return self.constraints.apply(scores, states) if self.constraints is not None else scores
 
     def rank(self, states: Sequence[DialogState], k: int, exclude: Sequence[set[int]]) -> np.ndarray:
-        # BM25 and constraints re-score every item; the feedback is read only when nothing else decides
-        if (self.index is None or self.lexical is not None
-                or (self.constraints is not None
-                    and any(any(self.constraints.reader.constraints(state)) for state in states))):
+        # without BM25 or constraints the index alone answers; the feedback is read only when that could be so
+        if self.index is None:
             return super().rank(states, k, exclude)
-        return self.index.search(self.queries(states), k, exclude)[1]
+        if self.lexical is None and (self.constraints is None or not any(
+                any(self.constraints.reader.constraints(state)) for state in states)):
+            return self.index.search(self.queries(states), k, exclude)[1]
+        if self.index.kind == "exact" or (self.constraints is not None and self.filter is None):
+            return super().rank(states, k, exclude)
+        queries = self.queries(states)
+        nearest = self.index.search(queries, CANDIDATES, exclude)[1]
+        out = np.full((len(states), k), -1, dtype=np.int64)
+        for b, state in enumerate(states):
+            skip = np.fromiter(exclude[b], dtype=np.int64, count=len(exclude[b]))
+            rows = self._candidates(state, queries[b], nearest[b], k, skip)
+            if rows is None:  # too few items fit the constraints even loosened by one: score them all
+                out[b] = super().rank([state], k, [exclude[b]])[0]
+                continue
+            scores = self.item_vectors[rows] @ queries[b]
+            if self.lexical is not None:
+                scores = scores + self.lexical_weight * self.lexical.row_scores(state, rows).astype(scores.dtype)
+            penalty = self.constraints.penalties(state, rows) if self.constraints is not None else None
+            if penalty is not None:
+                scores -= penalty
+            best = top_rows(scores[None], k, [set()])[0]
+            out[b, : (best >= 0).sum()] = rows[best[best >= 0]]
+        return out
+
+    def _candidates(self, state: DialogState, query: np.ndarray, nearest: np.ndarray, k: int, skip: np.ndarray
+                    ) -> np.ndarray | None:
+        """Sorted candidate rows for one dialog (none of `skip`), or None when the constraints leave too few."""
+        pools = [nearest[nearest >= 0]]
+        if self.lexical is not None:
+            pools.append(self.lexical.candidates(state, CANDIDATES))
+        fitting = self._fitting(state, k + len(skip))
+        if fitting is not None:
+            fitting = np.setdiff1d(fitting, skip, assume_unique=True)
+            if len(fitting) < k:
+                return None
+            if len(fitting) <= SCORE_ALL_FITTING:
+                pools.append(fitting)
+            else:
+                pools.append(self.index.search_within(query, CANDIDATES, fitting))
+                if self.lexical is not None:
+                    pools.append(self.lexical.candidates(state, CANDIDATES, within=fitting))
+        rows = np.unique(np.concatenate(pools))
+        return np.setdiff1d(rows[rows >= 0], skip, assume_unique=True)
+
+    def _fitting(self, state: DialogState, needed: int) -> np.ndarray | None:
+        """Rows with a fully credited value of every constrained attribute and no ruled-out one (penalty 0); when
+        fewer than `needed` are, the rows falling short on at most one attribute (those rank next); None without
+        constraints."""
+        if self.filter is None:
+            return None
+        wanted, ruled_out = self.constraints.reader.constraints(state)
+        if not wanted and not ruled_out:
+            return None
+        allowed = {name: {v for v, credit in credits.items() if credit >= 1.0 - FIT_TOLERANCE}
+                   for name, credits in wanted.items()}
+        fitting = self.filter.rows(allowed, ruled_out)
+        if len(fitting) >= needed:
+            return fitting
+        loosened = [self.filter.rows({n: v for n, v in allowed.items() if n != name}, ruled_out) for name in allowed]
+        loosened += [self.filter.rows(allowed, {n: v for n, v in ruled_out.items() if n != name}) for name in ruled_out]
+        return np.unique(np.concatenate([fitting, *loosened]))

@@ -7,7 +7,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +45,10 @@ class IndexConfig:
     """
 
     kind: str = "auto"  # auto: exact up to exact_threshold vectors, then `large_kind`
-    exact_threshold: int = 200_000
+    # The hybrid ranking (retriever + BM25 + constraints) scores every item over an exact index and re-ranks
+    # candidates over an approximate one; both took the same time at 35k items and candidates 40% less at 175k
+    # (benchmarks/scale_latency.py), so approximate from 50k (index-only search alone would gain only later).
+    exact_threshold: int = 50_000
     large_kind: str = "hnsw"  # what `auto` builds beyond the threshold: hnsw or ivfpq
     hnsw_m: int = 32  # graph links per vector (memory ~ 2 * M * 4 bytes per vector on top of the vectors)
     hnsw_ef_construction: int = 64
@@ -218,6 +221,21 @@ class VectorIndex:
             scores[q, : len(found_rows)] = found_scores
         return scores, rows
 
+    def search_within(self, query: np.ndarray, k: int, rows: np.ndarray) -> np.ndarray:
+        """The top-k of `rows` (catalog rows allowed, e.g. those fitting a filter) for one query, best first:
+        the index searched with a faiss IDSelectorBitmap over them (fewer than k found: -1 pads). An HNSW graph
+        walks past the rows not allowed, so it may miss some of a very small `rows`: score those directly."""
+        query = _as_matrix(query, "query", self.dim)[:1]
+        allowed = np.zeros(self.size, dtype=bool)
+        allowed[rows] = True
+        bitmap = np.packbits(allowed, bitorder="little")  # kept alive while faiss reads it
+        selector = faiss.IDSelectorBitmap(self.size, faiss.swig_ptr(bitmap))
+        fetch = min(k, len(rows))
+        found = np.full(k, -1, dtype=np.int64)
+        if fetch:
+            found[:fetch] = self._raw_search(query, fetch, selector)[1][0]
+        return found
+
     def save(self, path: Path) -> Path:
         """Write the index to `path` and its description + checksum to `path`.json, each atomically."""
         path = Path(path)
@@ -258,6 +276,48 @@ class VectorIndex:
             raise IndexFileError(f"{path}: holds {index.ntotal} x {index.d}, its description says "
                                  f"{meta['size']} x {meta['dim']}; rebuild the index")
         return cls(index, meta["kind"], config or saved_config, meta.get("build_seconds"))
+
+
+class AttributeIndex:
+    """Catalog rows by attribute value (an inverted index, as a search engine keeps for its filters): which rows
+    have an allowed value of every constrained attribute and no excluded one, found from the shortest postings."""
+
+    def __init__(self, attributes: Sequence[Mapping[str, str]]) -> None:
+        self.size = len(attributes)
+        self.codes: dict[str, np.ndarray] = {}
+        self.value_codes: dict[str, dict[str, int]] = {}
+        self.postings: dict[str, list[np.ndarray]] = {}
+        names = dict.fromkeys(name for row in attributes for name in row)
+        for name in names:
+            table: dict[str, int] = {}
+            codes = np.array([table.setdefault(row[name], len(table)) if name in row else -1 for row in attributes],
+                             dtype=np.int32)
+            order = np.argsort(codes, kind="stable")
+            bounds = np.searchsorted(codes[order], np.arange(len(table) + 1))
+            self.codes[name], self.value_codes[name] = codes, table
+            self.postings[name] = [order[bounds[c]: bounds[c + 1]] for c in range(len(table))]
+
+    def rows(self, allowed: Mapping[str, Collection[str]], excluded: Mapping[str, Collection[str]]) -> np.ndarray:
+        """Sorted rows whose value is one of `allowed[name]` for every name and none of `excluded[name]` (a name
+        the catalog lacks is ignored)."""
+        allowed = {name: {self.value_codes[name][v] for v in values if v in self.value_codes[name]}
+                   for name, values in allowed.items() if name in self.codes}
+        excluded = {name: [self.value_codes[name][v] for v in values if v in self.value_codes[name]]
+                    for name, values in excluded.items() if name in self.codes}
+        if any(not codes for codes in allowed.values()):
+            return np.zeros(0, dtype=np.int64)
+        if allowed:
+            shortest = min(allowed, key=lambda name: sum(len(self.postings[name][c]) for c in allowed[name]))
+            found = np.sort(np.concatenate([self.postings[shortest][c] for c in allowed[shortest]]))
+        else:
+            found = np.arange(self.size, dtype=np.int64)
+        # posting lists hold their rows in order, and filtering keeps it: the result is sorted
+        for name, codes in allowed.items():
+            found = found[np.isin(self.codes[name][found], list(codes))]
+        for name, codes in excluded.items():
+            if codes:
+                found = found[~np.isin(self.codes[name][found], codes)]
+        return found
 
 
 def _meta_path(path: Path) -> Path:
