@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 
@@ -86,6 +87,7 @@ def main() -> None:
     user = TemplateUser(catalog, seed=args.seed)
     rng = np.random.default_rng(args.seed)
     per_turn = {name: [[] for _ in range(args.turns)] for name in rankers}
+    load_before = os.getloadavg()[0]
     for number in range(args.dialogs + 1):  # the first dialog warms caches up and is not counted
         target = catalog.items[int(rng.integers(len(catalog)))]
         for name, ranker in rankers.items():  # the same dialog with each ranker, side by side
@@ -115,11 +117,12 @@ def main() -> None:
         "catalog_size": len(catalog), "dialogs": args.dialogs, "turns": args.turns,
         **summary(per_turn["app"]), "index_only": summary(per_turn["index_only"]),
         "index": index.kind, "torch_threads": args.threads, "features": feature_source,
+        "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "retriever": "trained" if args.retriever else "untrained (same shape, same cost)",
         "retriever_config": dataclasses.asdict(retriever.config), "feature_dim": retriever.feature_dim,
         "note": "timed: Dialog.start / Dialog.reply (feedback text encoding, query, scoring, results); top level: "
-                "the app's ranker (retriever scores over every item + 0.1 x BM25, under the feedback's attribute "
-                "constraints); "
+                "the app's ranker (retriever + 0.1 x BM25 under the feedback's attribute constraints; every item "
+                "scored below IndexConfig.exact_threshold, candidates re-ranked above it); "
                 "index_only: the retriever through the faiss index without constraints; not timed: the template "
                 "shopper's reply; no image is loaded",
     }

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import gradio as gr
+import torch
 
 from assistant.api import Assistant
 from assistant.core.messages import MAX_UPLOAD_BYTES
@@ -18,10 +19,18 @@ from assistant.webapp.shop import shop_tab
 from assistant.webapp.watch import watch_tab
 
 
+def default_concurrency() -> int:
+    """Events run at once: a turn is mostly ranking on the CPU (the GIL lets one run at a time) and partly the
+    store's write, so two per core keep the cores busy while one waits for the disk."""
+    return 2 * (os.cpu_count() or 1)
+
+
 def build_app(assistant: Any, data_dir: str | os.PathLike | None = None, watch_delay: float = 0.8,
-              concurrency: int = 4) -> gr.Blocks:
+              concurrency: int | None = None) -> gr.Blocks:
     """The app over a loaded Assistant: the shop tab and the watch tab; dialogs are stored in `data_dir` (a folder,
     .sqlite file or PostgreSQL URL) when given."""
+    # The catalog's pictures are served from their own folders: gradio neither hashes nor copies them each turn.
+    gr.set_static_paths(image_folders(assistant.catalog))
     store = open_store(data_dir, source="app", catalog=assistant.catalog.fingerprint) if data_dir else None
     with gr.Blocks(title="Fashion assistant", delete_cache=(3600, 3600)) as app:
         gr.Markdown("# Fashion assistant\nDescribe what you want, click an item to say how it should change, "
@@ -31,7 +40,7 @@ def build_app(assistant: Any, data_dir: str | os.PathLike | None = None, watch_d
                 shop_tab(app, assistant, store)
             with gr.Tab("Watch a simulated shopper", id="watch"):
                 watch_tab(assistant, watch_delay)
-    app.queue(default_concurrency_limit=concurrency)
+    app.queue(default_concurrency_limit=concurrency or default_concurrency())
     return app
 
 
@@ -59,13 +68,16 @@ def launch_app(assistant: Any, data_dir: str | os.PathLike | None = None, host: 
 
 
 def serve(model_dir: str | os.PathLike, catalog: str | os.PathLike, host: str = "127.0.0.1", port: int = 7860,
-          data_dir: str | os.PathLike | None = None) -> None:
+          data_dir: str | os.PathLike | None = None, concurrency: int | None = None) -> None:
     """Load a trained model over a catalog and serve the app until interrupted; dialogs go to `data_dir` (a
     folder, .sqlite file or PostgreSQL URL; default the cache's dialogs/)."""
     assistant = Assistant.load(model_dir, catalog=catalog)
+    # One torch thread per event (after loading, which encodes the catalog in batches): a shopper's query is too
+    # small to gain from splitting it, and the events the queue runs side by side already share the cores.
+    torch.set_num_threads(1)
     data_dir = data_dir or cache_dir() / "dialogs"
     print(f"Storing dialogs in {describe_store(data_dir)}")
-    launch_app(assistant, data_dir, host=host, port=port)
+    launch_app(assistant, data_dir, host=host, port=port, concurrency=concurrency)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -75,8 +87,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--data", help="folder for the dialog log (default: the cache's dialogs/)")
+    parser.add_argument("--concurrency", type=int, help="events run at once (default: two per CPU core)")
     args = parser.parse_args(argv)
-    serve(args.model, args.catalog, args.host, args.port, args.data)
+    serve(args.model, args.catalog, args.host, args.port, args.data, args.concurrency)
 
 
 if __name__ == "__main__":
