@@ -318,3 +318,12 @@ def fetch_status_or_none(url: str) -> int | None:
         return fetch_status(url)
     except OSError:
         return None
+
+
+def test_thumbnails_are_served_from_the_catalog_files_not_copied(served: Served, demo_assistant) -> None:
+    out = new_client(served).predict("a red dress", api_name="/send")
+    entries = out[GALLERY]["value"] if isinstance(out[GALLERY], dict) else out[GALLERY]
+    catalog_files = {str(item.image_path.resolve()) for item in demo_assistant.catalog}
+    assert len(entries) == 12
+    for entry in entries:  # the url names the catalog file itself, not a copy in gradio's cache
+        assert entry["image"]["url"].split("/gradio_api/file=")[-1] in catalog_files
