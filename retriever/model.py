@@ -560,7 +560,7 @@ class RetrieverRanker(ScoreRanker):
             pools.append(self.lexical.candidates(state, CANDIDATES))
         fitting = self._fitting(state, k + len(skip))
         if fitting is not None:
-            fitting = np.setdiff1d(fitting, skip, assume_unique=True)
+            fitting = fitting[~np.isin(fitting, skip)]  # a few rows shown: a linear pass, no sort of a big set
             if len(fitting) < k:
                 return None
             if len(fitting) <= SCORE_ALL_FITTING:
