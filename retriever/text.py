@@ -1,4 +1,5 @@
-"""Feedback text as retriever tokens: MiniLM wordpieces with frozen static and contextual vectors, cached per string."""
+"""Feedback text as retriever tokens: MiniLM wordpieces with frozen static and contextual vectors, cached per string
+(a bounded LRU: the newest CACHE_SIZE strings)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
+from assistant.core.lru import LRUCache
 from assistant.core.text_encoder import verified_minilm_folder
 
 TEXT_MODES = ("static", "contextual")
+CACHE_SIZE = 4096  # distinct strings kept: a training epoch's captions and a server's recent messages
 
 
 @dataclass(frozen=True)
@@ -29,7 +32,8 @@ class FeedbackTextEncoder:
     "red" read differently and words a real shopper types land near known ones.
     """
 
-    def __init__(self, mode: str = "contextual", max_pieces: int = 32, threads: int = 0) -> None:
+    def __init__(self, mode: str = "contextual", max_pieces: int = 32, threads: int = 0,
+                 cache_size: int = CACHE_SIZE) -> None:
         if mode not in TEXT_MODES:
             raise ValueError(f"text mode must be one of {TEXT_MODES}, not {mode!r}")
         from transformers import AutoModel, AutoTokenizer
@@ -40,7 +44,7 @@ class FeedbackTextEncoder:
         self.threads = threads
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.model = AutoModel.from_pretrained(folder).eval() if mode == "contextual" else None
-        self._cache: dict[str, EncodedText] = {}
+        self._cache: LRUCache[str, EncodedText] = LRUCache(cache_size)
 
     @staticmethod
     def static_table() -> torch.Tensor:
@@ -55,18 +59,18 @@ class FeedbackTextEncoder:
         return [np.asarray(ids, dtype=np.int64) for ids in encoded]
 
     def encode(self, texts: list[str], batch_size: int = 256) -> list[EncodedText]:
-        """Each text's tokens; strings seen before come from the cache."""
-        missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        """Each text's tokens; strings seen recently come from the cache."""
+        found: dict[str, EncodedText] = {t: self._cache[t] for t in dict.fromkeys(texts) if t in self._cache}
+        missing = [t for t in dict.fromkeys(texts) if t not in found]
         for start in range(0, len(missing), batch_size):
             chunk = missing[start: start + batch_size]
-            if self.model is None:
-                for text, ids in zip(chunk, self.pieces(chunk), strict=True):
-                    self._cache[text] = EncodedText(ids, None)
-            else:
-                self._encode_contextual(chunk)
-        return [self._cache[t] for t in texts]
+            encoded = ([EncodedText(ids, None) for ids in self.pieces(chunk)] if self.model is None
+                       else self._encode_contextual(chunk))
+            for text, tokens in zip(chunk, encoded, strict=True):
+                found[text] = self._cache[text] = tokens
+        return [found[t] for t in texts]
 
-    def _encode_contextual(self, texts: list[str]) -> None:
+    def _encode_contextual(self, texts: list[str]) -> list[EncodedText]:
         batch = self.tokenizer(texts, truncation=True, max_length=self.max_pieces + 2, padding=True,
                                return_tensors="pt")
         previous_threads = torch.get_num_threads()
@@ -78,8 +82,8 @@ class FeedbackTextEncoder:
         finally:
             torch.set_num_threads(previous_threads)
         lengths = batch["attention_mask"].sum(1).tolist()
-        for text, ids, vectors, length in zip(texts, batch["input_ids"].numpy(), hidden, lengths, strict=True):
-            self._cache[text] = EncodedText(ids[1: length - 1].astype(np.int64), vectors[1: length - 1].copy())
+        return [EncodedText(ids[1: length - 1].astype(np.int64), vectors[1: length - 1].copy())
+                for ids, vectors, length in zip(batch["input_ids"].numpy(), hidden, lengths, strict=True)]
 
     def cache_size(self) -> int:
         return len(self._cache)

@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from assistant.core.catalog import Catalog, ImageError, Item
+from assistant.core.errors import AssistantError
 from assistant.core.storage import atomic_write, atomic_write_text, cache_dir
 from assistant.core.text_encoder import local_text_source
 
@@ -48,7 +49,7 @@ PRETRAINED_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
 log = logging.getLogger(__name__)
 
 
-class BackboneError(RuntimeError):
+class BackboneError(AssistantError, RuntimeError):
     """A backbone that cannot be created or loaded; the message says what to do instead."""
 
 
