@@ -6,17 +6,20 @@ import argparse
 import hashlib
 import json
 import logging
+import socket
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
 from assistant.api import Assistant
 from assistant.chat import chat
-from assistant.core.catalog import CatalogError, thin_labels
+from assistant.core.catalog import Catalog, report_lines, thin_labels
 from assistant.core.config import STAGES
 from assistant.core.demo_catalog import VERSION
 from assistant.core.demo_drawing import contact_sheet
+from assistant.core.errors import AssistantError
 from assistant.core.loaders import load_catalog
 from assistant.core.storage import atomic_write_text, cache_dir
 from assistant.core.store import export_dialogs
@@ -30,6 +33,8 @@ from retriever.requests import HALVES, default_requests, load_requests, summary_
 from simulator.captioner import SimulatorModel
 from simulator.metrics import evaluate_simulator
 
+FIRST_PARTY = ("assistant", "simulator", "retriever")
+
 
 def _print_catalog_summary(summary: dict) -> None:
     print(f"{summary['name']}: {summary['items']} items, {summary['categories']} categories "
@@ -41,18 +46,11 @@ def _print_catalog_summary(summary: dict) -> None:
         print(f"  {name}: {len(values)} values: {shown}{more}")
     if summary["caption_pairs"]:
         print(f"caption pairs: {summary['caption_pairs']}")
-    report = summary["report"]
-    print(f"load report: {report['loaded']} loaded, {report['skipped']} skipped")
-    for reason, count in report["skipped_by_reason"].items():
-        print(f"  {reason}: {count}")
-    for row in report["skipped_rows"][:20]:
-        print(f"    {row['row']}: {row['reason']}")
-    if report["skipped"] > 20:
-        print(f"    … {report['skipped'] - 20} more (see --json)")
+    print("\n".join(report_lines(summary["report"])))
 
 
 def cmd_catalog(args: argparse.Namespace) -> int:
-    catalog = load_catalog(args.source, format=args.format)
+    catalog = load_catalog(args.source, format=args.format, images_root=args.images_root)
     summary = catalog.summary()
     if args.json:
         print(json.dumps(summary, indent=2, ensure_ascii=False))
@@ -65,7 +63,10 @@ def cmd_catalog(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     stages = STAGES[: STAGES.index(args.stage) + 1] if args.stage else STAGES
-    manifest = train(args.catalog, args.config, args.out, resume=args.resume, stages=stages)
+    catalog = args.catalog
+    if args.images_root:
+        catalog = load_catalog(catalog or PipelineConfig.load(args.config).catalog.source, images_root=args.images_root)
+    manifest = train(catalog, args.config, args.out, resume=args.resume, stages=stages)
     for stage, info in manifest["stages"].items():
         print(f"{stage:>10}: {info.get('seconds', 0):8.1f} s  " + json.dumps(
             {k: v for k, v in info.items() if k not in ("done", "seconds")}, ensure_ascii=False)[:200])
@@ -75,9 +76,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_index(args: argparse.Namespace) -> int:
     start = time.perf_counter()
-    assistant = Assistant.load(args.model, args.catalog)
+    catalog = _catalog_split(args)
+    assistant = Assistant.load(args.model, catalog)
     print(f"{len(assistant.catalog)} items: features and {assistant.index.kind} index ready in "
           f"{time.perf_counter() - start:.1f} s (cached under {cache_dir()})")
+    if catalog.report.skipped:
+        print("\n".join(report_lines(catalog.report.as_dict())))
+    print("\n".join(report_lines(assistant.features.report().as_dict(), title="image features")))
     return 0
 
 
@@ -124,14 +129,15 @@ def cmd_evaluate_simulator(args: argparse.Namespace) -> int:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    chat(Assistant.load(args.model, args.catalog), data_dir=args.data)
+    chat(Assistant.load(args.model, _catalog_split(args)), data_dir=args.data)
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from assistant.webapp import serve  # local: gradio (seconds to import) stays out of every other command
 
-    serve(args.model, args.catalog, host=args.host, port=args.port, data_dir=args.data)
+    require_free_port(args.host, args.port)
+    serve(args.model, _catalog_split(args), host=args.host, port=args.port, data_dir=args.data)
     return 0
 
 
@@ -139,6 +145,16 @@ def cmd_api(args: argparse.Namespace) -> int:
     serve_api(args.model, args.catalog, store=args.store, host=args.host, port=args.port, workers=args.workers,
               threads=args.threads)
     return 0
+
+
+def require_free_port(host: str, port: int) -> None:
+    """OSError naming the address when nothing can listen there (checked before minutes of loading)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise OSError(f"cannot listen on {host}:{port} ({error.strerror}): the port is in use or the address "
+                          "is not this machine's; stop the other server or pass --port N") from None
 
 
 def cmd_export_dialogs(args: argparse.Namespace) -> int:
@@ -170,18 +186,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.no_serve:
         print(f"demo model ready in {model_dir}")
         return 0
-    return cmd_serve(argparse.Namespace(model=model_dir, catalog=source, host=args.host, port=args.port,
-                                        data=args.data))
+    return cmd_serve(argparse.Namespace(model=model_dir, catalog=source, images_root=None, split=None,
+                                        host=args.host, port=args.port, data=args.data))
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fashion-assistant", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error, not only its line")
     commands = parser.add_subparsers(dest="command", required=True)
 
     catalog = commands.add_parser("catalog", help="load a catalog and print its summary and load report")
     catalog.add_argument("source", help="a catalog folder or file, or 'demo'")
     catalog.add_argument("--format", choices=["fashion-product-images", "fashion-iq", "generic"],
                          help="loader to use (default: detected from the folder's contents)")
+    _images_root_option(catalog)
     catalog.add_argument("--json", action="store_true", help="print the summary as JSON")
     catalog.add_argument("--contact-sheet", type=Path, metavar="PNG", help="also draw a grid of its first items here")
     catalog.set_defaults(run=cmd_catalog)
@@ -189,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train every stage into a model directory (or up to STAGE)")
     train.add_argument("stage", nargs="?", choices=STAGES, help="stop after this stage (default: all)")
     train.add_argument("--catalog", help="catalog folder/file or 'demo' (default: the config's catalog.source)")
+    _images_root_option(train)
     train.add_argument("--config", default="demo", help="configs/<name>.yaml or a YAML path (default demo)")
     train.add_argument("--out", required=True, type=Path, help="the model directory to write")
     train.add_argument("--resume", action="store_true", help="continue a killed run: finished stages are skipped")
@@ -268,6 +287,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _model_and_catalog(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, type=Path, help="a trained model directory")
     parser.add_argument("--catalog", default="demo", help="catalog folder/file or 'demo' (default demo)")
+    _images_root_option(parser)
+
+
+def _images_root_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--images-root", type=Path, metavar="DIR",
+                        help="the folder the catalog's images must lie in, for shops whose images live outside the "
+                             "catalog's folder (default: the catalog's own image folder); the app serves only it")
 
 
 def _split_option(parser: argparse.ArgumentParser) -> None:
@@ -288,9 +314,9 @@ def _thin_labels_option(parser: argparse.ArgumentParser) -> None:
                              "in titles before ranking; the shopper and the scoring still see the full labels")
 
 
-def _catalog_split(args: argparse.Namespace):
-    catalog = load_catalog(args.catalog)
-    return catalog.split(args.split) if args.split else catalog
+def _catalog_split(args: argparse.Namespace) -> Catalog:
+    catalog = load_catalog(args.catalog, images_root=args.images_root)
+    return catalog.split(args.split) if getattr(args, "split", None) else catalog
 
 
 def _server_options(parser: argparse.ArgumentParser) -> None:
@@ -299,14 +325,39 @@ def _server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, help="folder for the dialog log (default: the cache's dialogs/)")
 
 
+EXPECTED_ERRORS = (AssistantError, ValueError, OSError)  # bad input or environment, told in one line
+BUG_REPORT = "this is a bug in fashion-assistant: please report it with the traceback above and the command you ran"
+
+
+def error_line(error: BaseException) -> str | None:
+    """The one line an expected failure is told in, or None for a bug (an exception nobody planned for)."""
+    if isinstance(error, ModuleNotFoundError) and error.name and error.name.split(".")[0] not in FIRST_PARTY:
+        return f"missing dependency {error.name!r}: install it (pip install {error.name.split('.')[0]}) and retry"
+    if isinstance(error, EXPECTED_ERRORS):
+        return " ".join(str(error).split()) or type(error).__name__
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand: an expected failure ends as one line on stderr and status 2 (its traceback with
+    --debug); anything else keeps its traceback and asks for a bug report."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("faiss").setLevel(logging.WARNING)
     try:
         return args.run(args)
-    except (CatalogError, FileNotFoundError, FileExistsError, ValueError) as error:
-        print(f"fashion-assistant {args.command}: {error}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"fashion-assistant {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        line = error_line(error)
+        if line is None or args.debug:
+            traceback.print_exc()
+        if line is None:
+            print(f"fashion-assistant {args.command}: {BUG_REPORT}", file=sys.stderr)
+            return 1
+        print(f"fashion-assistant {args.command}: {line}", file=sys.stderr)
         return 2
 
 

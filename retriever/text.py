@@ -1,4 +1,5 @@
-"""Feedback text as retriever tokens: MiniLM wordpieces with frozen static and contextual vectors, cached per string."""
+"""Feedback text as retriever tokens: MiniLM wordpieces with frozen static and contextual vectors, cached per string
+(a bounded LRU of at most CACHE_BYTES)."""
 
 from __future__ import annotations
 

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
+from assistant.core.errors import AssistantError
 from assistant.core.feedback import attribute_kind, tokenize
+from assistant.core.storage import atomic_write_text, cache_dir
 
 SPLITS = ("train", "val", "test")
 FPI_ATTRIBUTES = ("gender", "masterCategory", "subCategory", "articleType", "baseColour", "season", "usage")
@@ -20,13 +24,16 @@ FPI_COLUMNS = ("id", "gender", "masterCategory", "subCategory", "articleType", "
                "usage", "productDisplayName")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 LONE_JOINERS = re.compile(r"(?<![\w])[-/&+]+(?![\w])")
+MAX_IMAGE_PIXELS = 50_000_000  # larger images are refused at load (decompression bombs); product photos are far smaller
+OUTSIDE_ROOT = "image outside the catalog folder"
+CHECK_VERSION = 1  # part of the image verdict cache's name: bump it whenever decode_image's verdicts change
 
 
-class CatalogError(ValueError):
+class CatalogError(AssistantError, ValueError):
     """A catalog folder or file that cannot be loaded at all (a bad row is reported, not raised)."""
 
 
-class ImageError(ValueError):
+class ImageError(AssistantError, ValueError):
     """An item's image is missing or cannot be decoded."""
 
 
@@ -77,6 +84,16 @@ class LoadReport:
                 "skipped_rows": [{"row": w, "reason": r} for w, r in self.skipped], "notes": list(self.notes)}
 
 
+def report_lines(report: dict, title: str = "load report", rows: int = 20) -> list[str]:
+    """A report (`LoadReport.as_dict()`) as lines for a terminal: counts by reason, then the first `rows` rows."""
+    lines = [f"{title}: {report['loaded']} loaded, {report['skipped']} skipped"]
+    lines += [f"  {reason}: {count}" for reason, count in report["skipped_by_reason"].items()]
+    lines += [f"    {row['row']}: {row['reason']}" for row in report["skipped_rows"][:rows]]
+    if report["skipped"] > rows:
+        lines.append(f"    … {report['skipped'] - rows} more (see --json)")
+    return lines
+
+
 def split_of(item_id: str) -> str:
     """Stable train/val/test assignment (80/10/10) from a hash of the id, the same on every machine."""
     bucket = int(hashlib.sha1(item_id.encode("utf-8")).hexdigest()[:8], 16) % 100
@@ -87,10 +104,12 @@ class Catalog:
     """An ordered collection of items with lookup by id, attribute vocabulary, fingerprint and splits."""
 
     def __init__(self, items: Iterable[Item], name: str = "catalog", root: Path | None = None,
-                 report: LoadReport | None = None, caption_pairs: Iterable[CaptionPair] = ()) -> None:
+                 report: LoadReport | None = None, caption_pairs: Iterable[CaptionPair] = (),
+                 image_root: Path | None = None) -> None:
         self.items: list[Item] = list(items)
         self.name = name
         self.root = root
+        self.image_root = image_root  # every item's image lies inside it (loaders confine them): the folder served
         self.report = report or LoadReport(source=name, format="memory", loaded=len(self.items))
         self._by_id = {item.id: item for item in self.items}
         self._rows = {item.id: row for row, item in enumerate(self.items)}
@@ -157,7 +176,7 @@ class Catalog:
         """A catalog of the given ids (in that order), keeping caption pairs among them."""
         chosen = [self[i] for i in ids]
         return Catalog(chosen, name=name or f"{self.name}[subset]", root=self.root, report=self.report,
-                       caption_pairs=self.caption_pairs)
+                       caption_pairs=self.caption_pairs, image_root=self.image_root)
 
     def split(self, split: str) -> Catalog:
         """The train, val or test part, by a stable hash of each id."""
@@ -172,9 +191,8 @@ class Catalog:
         if item.image_path is None:
             raise ImageError(f"item {item.id} has no image")
         try:
-            with Image.open(item.image_path) as image:
-                return image.convert("RGB")
-        except (OSError, ValueError) as error:
+            return decode_image(item.image_path)
+        except ImageError as error:
             raise ImageError(f"item {item.id}: cannot read image {item.image_path.name}: {error}") from error
 
     def summary(self) -> dict:
@@ -221,32 +239,116 @@ def thin_labels(catalog: Catalog, names: Iterable[str]) -> Catalog:
                    caption_pairs=catalog.caption_pairs)
 
 
-def image_problem(path: Path) -> str | None:
-    """Why an image file cannot be used (missing, empty, truncated, not an image), or None if it looks sound.
-
-    Checks the format's start and end markers, which catches truncated and garbage files
-    without decoding every pixel; other formats are verified by PIL.
-    """
+def decode_image(path: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """An image file decoded in full as RGB, as the backbone reads it; ImageError says why it cannot be used."""
     try:
-        size = path.stat().st_size
-    except OSError:
-        return "missing image"
-    if size == 0:
-        return "unreadable image: empty file"
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(16)
-            handle.seek(max(0, size - 64))
-            tail = handle.read(64)
-    except OSError as error:
-        return f"unreadable image: {error}"
-    if head.startswith(b"\xff\xd8"):
-        return None if b"\xff\xd9" in tail else "unreadable image: truncated JPEG"
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return None if b"IEND" in tail else "unreadable image: truncated PNG"
-    try:
+        if os.stat(path).st_size == 0:
+            raise ImageError("unreadable image: empty file")
         with Image.open(path) as image:
-            image.verify()
-    except Exception as error:  # PIL raises many types for bad files
-        return f"unreadable image: {type(error).__name__}"
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageError(f"image too large: {width}x{height} pixels, the limit is {max_pixels:,}")
+            return image.convert("RGB")
+    except ImageError:
+        raise
+    except FileNotFoundError as error:
+        raise ImageError("missing image") from error
+    except Image.DecompressionBombError as error:
+        raise ImageError(f"image too large: {error}") from error
+    except UnidentifiedImageError as error:
+        raise ImageError("unreadable image: not an image file") from error
+    except Exception as error:  # PIL raises many types for damaged files
+        raise ImageError(f"unreadable image: {type(error).__name__}: {error}") from error
+
+
+def image_problem(path: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> str | None:
+    """Why an image file cannot be used (missing, empty, truncated, not an image, too large), or None if it decodes."""
+    try:
+        decode_image(path, max_pixels).close()
+    except ImageError as error:
+        return str(error)
     return None
+
+
+class ImageCheck:
+    """The load check every loader applies: each image must lie inside the image root (symlinks resolved) and
+    decode in full. Verdicts are cached in the cache folder by path, size and mtime, so a reload decodes only
+    the images that changed."""
+
+    def __init__(self, root: Path, max_pixels: int = MAX_IMAGE_PIXELS, workers: int | None = None) -> None:
+        self.root = Path(os.path.realpath(Path(root).expanduser()))
+        self.max_pixels = max_pixels
+        self.workers = workers or max(1, min(4, os.cpu_count() or 1))
+        key = hashlib.sha256(json.dumps([CHECK_VERSION, str(self.root), max_pixels]).encode()).hexdigest()[:16]
+        self.cache_path = cache_dir() / "image-checks" / f"{key}.json"
+        self._prefix = os.path.join(str(self.root), "")
+        self._real_folders: dict[str, str] = {}
+
+    def confine(self, path: Path) -> str | None:
+        """The image's real path (symlinks resolved) when it lies inside the root, else None."""
+        text = os.path.expanduser(os.fspath(path))
+        folder, name = os.path.split(text)
+        if name in ("", ".", ".."):
+            real = os.path.realpath(text)
+        else:
+            real_folder = self._real_folders.get(folder)
+            if real_folder is None:
+                real_folder = self._real_folders[folder] = os.path.realpath(folder)
+            real = os.path.join(real_folder, name)
+            if os.path.islink(real):
+                real = os.path.realpath(real)
+        return real if real.startswith(self._prefix) else None
+
+    def _cached_verdicts(self) -> dict[str, list]:
+        try:
+            return json.loads(self.cache_path.read_text(encoding="utf-8"))["verdicts"]
+        except (OSError, ValueError, KeyError, TypeError):  # none yet, or damaged: decode again
+            return {}
+
+    def problems(self, paths: Sequence[str]) -> list[str | None]:
+        """Why each confined image (a real path inside the root) cannot be used, or None; images seen before with
+        the same size and mtime are not decoded again."""
+        verdicts = self._cached_verdicts()
+        answers: list[str | None] = ["missing image"] * len(paths)
+        todo: list[tuple[int, str, int, int]] = []
+        for row, path in enumerate(paths):
+            try:
+                stat = os.stat(path)
+            except OSError:
+                continue
+            name = path[len(self._prefix):]
+            known = verdicts.get(name)
+            if known is not None and known[0] == stat.st_size and known[1] == stat.st_mtime_ns:
+                answers[row] = known[2]
+            else:
+                todo.append((row, name, stat.st_size, stat.st_mtime_ns))
+        if todo:
+            with ThreadPoolExecutor(max_workers=self.workers) as pool:
+                found = list(pool.map(lambda job: image_problem(Path(paths[job[0]]), self.max_pixels), todo,
+                                      chunksize=64))
+            for (row, name, size, mtime), problem in zip(todo, found, strict=True):
+                verdicts[name] = [size, mtime, problem]
+                answers[row] = problem
+            atomic_write_text(self.cache_path, json.dumps({"root": str(self.root), "max_pixels": self.max_pixels,
+                                                           "verdicts": verdicts}, ensure_ascii=False))
+        return answers
+
+    def keep_usable(self, candidates: Sequence[tuple[str, Item]], report: LoadReport) -> list[Item]:
+        """The candidates (where, item) whose image lies inside the root and decodes; the others are reported.
+        Kept items' image paths are their real paths."""
+        confined: list[tuple[str, Item, str]] = []
+        for where, item in candidates:
+            real = self.confine(item.image_path) if item.image_path is not None else None
+            if item.image_path is None:
+                report.skip(where, "missing image")
+            elif real is None:
+                report.skip(where, OUTSIDE_ROOT)
+            else:
+                confined.append((where, item, real))
+        kept = []
+        for (where, item, real), problem in zip(confined, self.problems([r for _, _, r in confined]), strict=True):
+            if problem:
+                report.skip(where, problem)
+            else:
+                kept.append(item if str(item.image_path) == real else replace(item, image_path=Path(real)))
+        return kept

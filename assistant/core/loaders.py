@@ -1,4 +1,8 @@
-"""Catalog loaders: Fashion Product Images, Fashion IQ, a shop's own JSONL/CSV and the embedded demo, by format."""
+"""Catalog loaders: Fashion Product Images, Fashion IQ, a shop's own JSONL/CSV and the embedded demo, by format.
+
+Every loader confines its images to one image root (the catalog's image folder, or an explicit `images_root`)
+and decodes each image once (`ImageCheck`); rows whose image lies outside or does not decode are reported.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +18,9 @@ from assistant.core.catalog import (
     CaptionPair,
     Catalog,
     CatalogError,
+    ImageCheck,
     Item,
     LoadReport,
-    image_problem,
 )
 from assistant.core.demo_catalog import demo_options, ensure_demo_catalog
 
@@ -29,11 +33,16 @@ def _find_image(folder: Path, stem: str) -> Path | None:
     return None
 
 
-def load_fashion_product_images(root: Path) -> Catalog:
-    """`styles.csv` + `images/<id>.jpg`: category = articleType, seven attributes, title = productDisplayName."""
+def load_fashion_product_images(root: Path, images_root: Path | None = None) -> Catalog:
+    """`styles.csv` + `images/<id>.jpg`: category = articleType, seven attributes, title = productDisplayName.
+
+    The images must lie inside `images/` (symlinks resolved), or inside `images_root` when given.
+    """
     root = Path(root)
     report = LoadReport(source=str(root), format="fashion-product-images")
-    items: list[Item] = []
+    check = ImageCheck(images_root or root / "images")
+    image_dir = Path(os.path.realpath(root / "images"))  # real paths from the start: the check need not remake them
+    candidates: list[tuple[str, Item]] = []
     seen: set[str] = set()
     with open(root / "styles.csv", encoding="utf-8", errors="replace", newline="") as handle:
         reader = csv.reader(handle)
@@ -60,29 +69,29 @@ def load_fashion_product_images(root: Path) -> Catalog:
             if not record["productDisplayName"] or not record["articleType"]:
                 report.skip(where, "malformed row: empty title or articleType")
                 continue
-            image_path = root / "images" / f"{item_id}.jpg"
-            problem = image_problem(image_path)
-            if problem:
-                report.skip(f"{where} (id {item_id})", problem)
-                continue
             seen.add(item_id)
             attributes = {name: record[name] for name in FPI_ATTRIBUTES if record[name]}
-            items.append(Item(item_id, image_path, record["productDisplayName"], record["articleType"], attributes))
+            candidates.append((f"{where} (id {item_id})", Item(item_id, image_dir / f"{item_id}.jpg",
+                                                               record["productDisplayName"], record["articleType"],
+                                                               attributes)))
+    items = check.keep_usable(candidates, report)
     report.loaded = len(items)
-    return Catalog(items, name=root.name, root=root, report=report)
+    return Catalog(items, name=root.name, root=root, report=report, image_root=check.root)
 
 
-def load_fashion_iq(root: Path) -> Catalog:
+def load_fashion_iq(root: Path, images_root: Path | None = None) -> Catalog:
     """Fashion IQ: `captions/cap.<cat>.<split>.json`, `image_splits/split.<cat>.<split>.json`, an image folder.
 
     Optional labels in `tags/asin2attr.<cat>.<split>.json` (asin -> list of attribute words) become
     the `tags` attribute. Items whose image is missing are reported and the caption pairs using them dropped.
+    The images must lie inside the image folder (symlinks resolved), or inside `images_root` when given.
     """
     root = Path(root)
     report = LoadReport(source=str(root), format="fashion-iq")
     image_dir = next((root / d for d in ("images", "resized_images", "image_data") if (root / d).is_dir()), None)
     if image_dir is None:
         raise CatalogError(f"{root}: no images/ (or resized_images/) folder beside captions/ and image_splits/")
+    check = ImageCheck(images_root or image_dir)
     category_of: dict[str, str] = {}
     for split_file in sorted((root / "image_splits").glob("split.*.*.json")):
         category = split_file.name.split(".")[1]
@@ -120,18 +129,14 @@ def load_fashion_iq(root: Path) -> Catalog:
             report.skip(tag_file.name, f"malformed file: {error}")
     if not category_of:
         raise CatalogError(f"{root}: no image_splits/split.<cat>.<split>.json or captions/cap.<cat>.<split>.json")
-    items = []
+    candidates = []
     for asin, category in category_of.items():
-        image_path = _find_image(image_dir, asin)
-        problem = image_problem(image_path) if image_path else "missing image"
-        if problem:
-            report.skip(asin, problem)
-            continue
         attributes = {"category": category}
         if asin in tags:
             attributes["tags"] = ", ".join(sorted(set(tags[asin])))
         title = f"{category} {asin}" if asin not in tags else f"{' '.join(tags[asin][:4])} {category}"
-        items.append(Item(asin, image_path, title, category, attributes))
+        candidates.append((asin, Item(asin, _find_image(image_dir, asin), title, category, attributes)))
+    items = check.keep_usable(candidates, report)
     kept = {item.id for item in items}
     pairs = []
     for reference, target, caption, where in raw_pairs:
@@ -141,7 +146,7 @@ def load_fashion_iq(root: Path) -> Catalog:
             report.skip(where, "dropped caption pair: image missing or caption empty")
     report.loaded = len(items)
     report.notes.append(f"{len(pairs)} caption pairs")
-    return Catalog(items, name=root.name, root=root, report=report, caption_pairs=pairs)
+    return Catalog(items, name=root.name, root=root, report=report, caption_pairs=pairs, image_root=check.root)
 
 
 def _generic_record(record: dict, root: Path, where: str, report: LoadReport) -> Item | None:
@@ -162,27 +167,26 @@ def _generic_record(record: dict, root: Path, where: str, report: LoadReport) ->
         return None
     image = str(record.get("image", "")).strip()
     image_path = (root / image) if image else _find_image(root / "images", item_id)
-    problem = image_problem(image_path) if image_path else "missing image"
-    if problem:
-        report.skip(f"{where} (id {item_id})", problem)
-        return None
     attributes = {str(k): str(v) for k, v in attributes.items() if v not in (None, "")}
     category = str(record.get("category", "")).strip() or attributes.get("category", "item")
     return Item(item_id, image_path, title, category, attributes)
 
 
-def load_generic(path: Path) -> Catalog:
+def load_generic(path: Path, images_root: Path | None = None) -> Catalog:
     """A shop's own products: `catalog.jsonl` or `catalog.csv` (id, image, title, category, attributes).
 
     In the CSV, columns other than id, image, title and category are attributes too.
-    Images are relative to the file's folder; without an image column `images/<id>.<ext>` is used.
+    Images are relative to the file's folder; without an image column `images/<id>.<ext>` is used. They must
+    lie inside that folder (symlinks resolved; absolute and `../` paths climbing out are skipped), or inside
+    `images_root` when given.
     """
     path = Path(path)
     if path.is_dir():
         path = next((path / n for n in ("catalog.jsonl", "catalog.csv") if (path / n).exists()), path / "catalog.jsonl")
     root = path.parent
     report = LoadReport(source=str(path), format="generic-" + path.suffix.lstrip("."))
-    items: list[Item] = []
+    check = ImageCheck(images_root or root)
+    candidates: list[tuple[str, Item]] = []
     seen: set[str] = set()
 
     def add(item: Item | None, where: str) -> None:
@@ -192,7 +196,7 @@ def load_generic(path: Path) -> Catalog:
             report.skip(where, f"duplicate id: {item.id}")
             return
         seen.add(item.id)
-        items.append(item)
+        candidates.append((f"{where} (id {item.id})", item))
 
     with open(path, encoding="utf-8", errors="replace", newline="") as handle:
         if path.suffix == ".jsonl":
@@ -228,8 +232,9 @@ def load_generic(path: Path) -> Catalog:
                         continue
                     record["attributes"] = {**extra, **merged}
                 add(_generic_record(record, root, where, report), where)
+    items = check.keep_usable(candidates, report)
     report.loaded = len(items)
-    return Catalog(items, name=root.name, root=root, report=report)
+    return Catalog(items, name=root.name, root=root, report=report, image_root=check.root)
 
 
 LOADERS = {
@@ -258,16 +263,33 @@ def detect_format(path: Path) -> str:
         "image_splits/ (Fashion IQ), or catalog.jsonl / catalog.csv (your own products)")
 
 
-def load_catalog(source: str | os.PathLike, format: str | None = None) -> Catalog:
-    """Load a catalog from a folder or file (format detected, or named), or `demo` for the embedded one."""
+def load_catalog(source: str | os.PathLike, format: str | None = None,
+                 images_root: str | os.PathLike | None = None) -> Catalog:
+    """Load a catalog from a folder or file (format detected, or named), or `demo` for the embedded one.
+
+    `images_root` is the opt-in for shops whose images live outside the catalog's folder: the images must then
+    lie inside it instead (it is also the only folder the app serves). A catalog left with no items after the
+    bad rows are skipped is a CatalogError.
+    """
+    root = None
+    if images_root is not None:
+        root = Path(images_root).expanduser()
+        if not root.is_dir():
+            raise CatalogError(f"{root}: the images root is not a folder")
     if str(source) == "demo" or str(source).startswith("demo:"):
-        return load_generic(ensure_demo_catalog(**demo_options(str(source))))
-    path = Path(source).expanduser()
-    if not path.exists():
-        raise CatalogError(f"{path}: no such file or folder (or pass 'demo' for the embedded catalog)")
-    if path.is_file() and path.name == "styles.csv":
-        path = path.parent
-    fmt = format or detect_format(path)
-    if fmt not in LOADERS:
-        raise CatalogError(f"unknown catalog format {fmt!r}; choose from {sorted(LOADERS)}")
-    return LOADERS[fmt](path)
+        catalog = load_generic(ensure_demo_catalog(**demo_options(str(source))), images_root=root)
+    else:
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise CatalogError(f"{path}: no such file or folder (or pass 'demo' for the embedded catalog)")
+        if path.is_file() and path.name == "styles.csv":
+            path = path.parent
+        fmt = format or detect_format(path)
+        if fmt not in LOADERS:
+            raise CatalogError(f"unknown catalog format {fmt!r}; choose from {sorted(LOADERS)}")
+        catalog = LOADERS[fmt](path, images_root=root)
+    if not catalog.items:
+        reasons = ", ".join(f"{reason} {count}" for reason, count in catalog.report.counts().items())
+        raise CatalogError(f"{catalog.report.source}: no usable items ({len(catalog.report.skipped)} rows skipped"
+                           + (f": {reasons}" if reasons else "") + "); fix the rows or their images")
+    return catalog

@@ -6,11 +6,13 @@ import hashlib
 from functools import lru_cache
 from pathlib import Path
 
+from assistant.core.errors import AssistantError
+
 MINILM_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 MINILM_SHA256_PREFIX = "53aa5117"  # model.safetensors of all-MiniLM-L6-v2
 
 
-class TextEncoderError(RuntimeError):
+class TextEncoderError(AssistantError, RuntimeError):
     """The pretrained text encoder's files are missing or are not the expected ones."""
 
 

@@ -22,6 +22,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from assistant.core.errors import AssistantError
 from assistant.core.storage import atomic_write
 from assistant.core.text_encoder import local_text_source
 from assistant.core.training import MixedPrecision, load_module_weights, module_weights, resolve_device
@@ -35,7 +36,7 @@ BACKBONE_FILE = "backbone.safetensors"
 PRETRAINED_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
 
 
-class BackboneError(RuntimeError):
+class BackboneError(AssistantError, RuntimeError):
     """A backbone that cannot be created or loaded; the message says what to do instead."""
 
 

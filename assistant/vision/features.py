@@ -16,7 +16,8 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 from tqdm.auto import tqdm
 
-from assistant.core.catalog import Catalog
+from assistant.core.catalog import Catalog, LoadReport
+from assistant.core.errors import AssistantError
 from assistant.core.storage import atomic_write, cache_dir
 from assistant.vision.backbone import Backbone
 from assistant.vision.preprocessing import decode_items, item_text
@@ -27,7 +28,7 @@ KINDS = ("image", "text", "item")
 log = logging.getLogger(__name__)
 
 
-class FeatureCacheError(ValueError):
+class FeatureCacheError(AssistantError, ValueError):
     """A feature file that is missing, truncated, corrupt or for another catalog/backbone: rebuild it."""
 
 
@@ -84,6 +85,13 @@ class ItemFeatures:
                 "backbone_id": self.backbone_id, "fingerprint": self.fingerprint, "sha256": self._digest()}
         tensors = {kind: np.ascontiguousarray(getattr(self, kind)) for kind in KINDS}
         return atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+    def report(self, source: str = "image features") -> LoadReport:
+        """The items whose image failed at feature time (they keep only their text), in the load report's shape."""
+        report = LoadReport(source=source, format="image features", loaded=len(self.ids) - len(self.failed))
+        for item_id, why in self.failed.items():
+            report.skip(f"id {item_id}", f"image failed at feature time: {why}")
+        return report
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ItemFeatures:

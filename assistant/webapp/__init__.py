@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
 import torch
 
 from assistant.api import Assistant
+from assistant.core.catalog import Catalog, CatalogError, report_lines
+from assistant.core.dialog import PAGE_SIZE
+from assistant.core.loaders import load_catalog
 from assistant.core.messages import MAX_UPLOAD_BYTES
 from assistant.core.storage import cache_dir
 from assistant.core.store import describe_store, open_store
@@ -29,6 +33,7 @@ def build_app(assistant: Any, data_dir: str | os.PathLike | None = None, watch_d
               concurrency: int | None = None) -> gr.Blocks:
     """The app over a loaded Assistant: the shop tab and the watch tab; dialogs are stored in `data_dir` (a folder,
     .sqlite file or PostgreSQL URL) when given."""
+    require_a_page(assistant.catalog)
     # The catalog's pictures are served from their own folders: gradio neither hashes nor copies them each turn.
     gr.set_static_paths(image_folders(assistant.catalog))
     store = open_store(data_dir, source="app", catalog=assistant.catalog.fingerprint) if data_dir else None
@@ -44,9 +49,23 @@ def build_app(assistant: Any, data_dir: str | os.PathLike | None = None, watch_d
     return app
 
 
-def image_folders(catalog: Any) -> list[str]:
-    """The folders holding the catalog's images: the only files outside gradio's own cache the app may serve."""
-    return sorted({str(item.image_path.parent.resolve()) for item in catalog if item.image_path})
+def image_folders(catalog: Catalog) -> list[str]:
+    """The catalog's image root, where its loader confined every image: the only folder outside gradio's own cache
+    the app may serve (none for a catalog built in memory without one)."""
+    return [str(catalog.image_root)] if catalog.image_root is not None else []
+
+
+def private_files(catalog: Catalog) -> list[str]:
+    """The catalog's own file when it lies inside the image root (a shop's catalog.jsonl beside its images)."""
+    source = Path(catalog.report.source)
+    return [str(source.resolve())] if source.is_file() else []
+
+
+def require_a_page(catalog: Catalog) -> None:
+    """The app shows a page of PAGE_SIZE items; a smaller catalog is a CatalogError."""
+    if len(catalog) < PAGE_SIZE:
+        raise CatalogError(f"{catalog.name}: {len(catalog)} usable item(s); the app shows {PAGE_SIZE} a page "
+                           f"and needs at least that many")
 
 
 def warm_up(assistant: Any) -> None:
@@ -62,16 +81,21 @@ def launch_app(assistant: Any, data_dir: str | os.PathLike | None = None, host: 
     warm_up(assistant)
     app = build_app(assistant, data_dir, **app_options)
     _, url, _ = app.launch(server_name=host, server_port=port, allowed_paths=image_folders(assistant.catalog),
+                           blocked_paths=private_files(assistant.catalog),
                            prevent_thread_lock=not block, quiet=quiet, theme=THEME, css=CSS,
                            max_file_size=MAX_UPLOAD_BYTES, footer_links=["api"], show_error=False)
     return app, url
 
 
-def serve(model_dir: str | os.PathLike, catalog: str | os.PathLike, host: str = "127.0.0.1", port: int = 7860,
-          data_dir: str | os.PathLike | None = None, concurrency: int | None = None) -> None:
+def serve(model_dir: str | os.PathLike, catalog: str | os.PathLike | Catalog, host: str = "127.0.0.1",
+          port: int = 7860, data_dir: str | os.PathLike | None = None, concurrency: int | None = None) -> None:
     """Load a trained model over a catalog and serve the app until interrupted; dialogs go to `data_dir` (a
     folder, .sqlite file or PostgreSQL URL; default the cache's dialogs/)."""
+    catalog = catalog if isinstance(catalog, Catalog) else load_catalog(catalog)
+    require_a_page(catalog)
     assistant = Assistant.load(model_dir, catalog=catalog)
+    if assistant.features.failed:
+        print("\n".join(report_lines(assistant.features.report().as_dict(), title="image features")))
     # One torch thread per event (after loading, which encodes the catalog in batches): a shopper's query is too
     # small to gain from splitting it, and the events the queue runs side by side already share the cores.
     torch.set_num_threads(1)
@@ -86,10 +110,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--catalog", default="demo", help="a catalog folder or file, or 'demo'")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--images-root", help="the folder the catalog's images must lie in (default: its own)")
     parser.add_argument("--data", help="folder for the dialog log (default: the cache's dialogs/)")
     parser.add_argument("--concurrency", type=int, help="events run at once (default: two per CPU core)")
     args = parser.parse_args(argv)
-    serve(args.model, args.catalog, args.host, args.port, args.data, args.concurrency)
+    serve(args.model, load_catalog(args.catalog, images_root=args.images_root), args.host, args.port, args.data,
+          args.concurrency)
 
 
 if __name__ == "__main__":
