@@ -271,7 +271,9 @@ def test_killed_training_resumes_after_last_finished_epoch(real_catalog: Catalog
     catalog_file = small_jsonl_catalog(real_catalog, tmp_path / "shop", 160)
     out_dir = tmp_path / "run"
     # a forked process (no second import of torch and open_clip), SIGKILLed once it has checkpointed an epoch
-    process = forked(train_backbone, load_generic(catalog_file), RESUME_CONFIG, out_dir, progress=False)
+    images = real_catalog.image_root  # the rows point at the real photos in place: the opt-in image root
+    process = forked(train_backbone, load_generic(catalog_file, images_root=images), RESUME_CONFIG, out_dir,
+                     progress=False)
     deadline = time.time() + 120
     while not (out_dir / TRAIN_STATE_FILE).exists() and process.is_alive() and time.time() < deadline:
         time.sleep(0.05)
@@ -281,7 +283,7 @@ def test_killed_training_resumes_after_last_finished_epoch(real_catalog: Catalog
     assert not (out_dir / BACKBONE_FILE).exists()
     before = json.loads((out_dir / TRAIN_LOG_FILE).read_text())
     assert 1 <= before[-1]["epoch"] < 4
-    resumed = train_backbone(load_generic(catalog_file), RESUME_CONFIG, out_dir, progress=False)
+    resumed = train_backbone(load_generic(catalog_file, images_root=images), RESUME_CONFIG, out_dir, progress=False)
     history = json.loads((out_dir / TRAIN_LOG_FILE).read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
     assert history[: len(before)] == before  # the finished epochs were kept, not trained again

@@ -118,7 +118,7 @@ def test_killed_build_leaves_nothing_half_written(backbone: Backbone, real_catal
              for item in real_catalog.items[:1000]]
     catalog_file = tmp_path / "catalog.jsonl"
     catalog_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    catalog = load_generic(catalog_file)
+    catalog = load_generic(catalog_file, images_root=real_catalog.image_root)  # the real photos, in place
     path = features_path(backbone, catalog)
     # a forked process (no second import of torch and open_clip), SIGKILLed midway through the images
     progress_fd, child_fd = os.pipe()

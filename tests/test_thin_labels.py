@@ -45,7 +45,7 @@ def test_the_thinned_demo_catalog_has_no_colour_left_to_search() -> None:
     assert "colour" not in thin.vocabulary()
     assert not any(colour in item.title.lower().split() for item in thin for colour in colours)
     keyword_full, keyword_thin = KeywordRanker(full), KeywordRanker(thin)
-    assert "red" in keyword_full.vectorizer.vocabulary_ and "red" not in keyword_thin.vectorizer.vocabulary_
+    assert "red" in keyword_full.index.vocab_dict and "red" not in keyword_thin.index.vocab_dict
 
 
 class RecordingUser:
