@@ -7,7 +7,7 @@ import json
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -153,11 +153,7 @@ class Catalog:
 
     def vocabulary(self) -> dict[str, Counter]:
         """Attribute name -> Counter of its values."""
-        vocab: dict[str, Counter] = {name: Counter() for name in self.attribute_names()}
-        for item in self.items:
-            for name, value in item.attributes.items():
-                vocab[name][value] += 1
-        return vocab
+        return vocabulary_of((item.attributes for item in self.items), self.attribute_names())
 
     @property
     def fingerprint(self) -> str:
@@ -352,3 +348,13 @@ class ImageCheck:
             else:
                 kept.append(item if str(item.image_path) == real else replace(item, image_path=Path(real)))
         return kept
+
+
+def vocabulary_of(rows: Iterable[Mapping[str, str]], names: Iterable[str] = ()) -> dict[str, Counter]:
+    """Attribute name (`names` first, in their order, then any other in the order met) -> Counter of its values
+    over `rows` (labels, or labels with predicted values filled in)."""
+    vocab: dict[str, Counter] = {name: Counter() for name in names}
+    for row in rows:
+        for name, value in row.items():
+            vocab.setdefault(name, Counter())[value] += 1
+    return vocab

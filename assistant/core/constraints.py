@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from cachetools import LRUCache
 
-from assistant.core.catalog import Catalog
+from assistant.core.catalog import Catalog, vocabulary_of
 from assistant.core.dialog import DialogState
 from assistant.core.feedback import AttributeParser, ParsedFeedback, attribute_kind
 from assistant.core.reader import SemanticReader
@@ -80,11 +80,14 @@ class FeedbackConstraints:
     def __init__(self, catalog: Catalog, attributes: Sequence[Mapping[str, str]] | None = None,
                  probabilities: Probabilities | None = None, reader: SemanticReader | None = None) -> None:
         rows = attributes if attributes is not None else [item.attributes for item in catalog]
-        self.reader = reader or SemanticReader(catalog.vocabulary(), rows)
+        # the values to read the words into are those of the rows, predicted ones included: a thin catalog with
+        # no colour labels still has predicted colours to rank by
+        vocabulary = vocabulary_of(rows, catalog.attribute_names())
+        self.reader = reader or SemanticReader(vocabulary, rows)
         self.size = len(rows)
         self.codes: dict[str, np.ndarray] = {}
         self.value_codes: dict[str, dict[str, int]] = {}
-        for name in catalog.attribute_names():
+        for name in vocabulary:
             values = [row.get(name) for row in rows]
             table = {value: code for code, value in enumerate(dict.fromkeys(v for v in values if v is not None))}
             self.value_codes[name] = table

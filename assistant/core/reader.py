@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from transformers import AutoModel, AutoTokenizer
 
+from assistant.core.catalog import vocabulary_of
 from assistant.core.colours import ColourSense
 from assistant.core.feedback import PUNCTUATION, STOP_WORDS, AttributeParser, attribute_kind, name_words, tokenize
 from assistant.core.lexicon import KIND_GLOSS, PEOPLE, PHRASES, audience, audience_credit
@@ -158,7 +159,8 @@ class SemanticReader:
 
     @classmethod
     def from_catalog(cls, catalog, rows: Sequence[Mapping[str, str]] | None = None, **options) -> SemanticReader:
-        return cls(catalog.vocabulary(), rows, **options)
+        return cls(vocabulary_of(rows, catalog.attribute_names()) if rows is not None else catalog.vocabulary(),
+                   rows, **options)
 
     # --- mentions -------------------------------------------------------------------------------------------
     @functools.lru_cache(maxsize=1024)  # noqa: B019 (a reader lives as long as its catalog)
