@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import bm25s
 import numpy as np
+from cachetools import LRUCache
 from scipy import sparse
 
 from assistant.core.catalog import Catalog
@@ -122,6 +123,26 @@ class KeywordRanker(ScoreRanker):
         return rows
 
 
+TEXTS_CACHED = 16384  # feedback strings whose backbone text vectors are kept (least recently used dropped)
+
+
+class TextVectors:
+    """The backbone's text vectors for feedback strings, the recent ones cached (bounded: memory stays flat)."""
+
+    def __init__(self, backbone) -> None:
+        self.backbone = backbone
+        self._cache: LRUCache = LRUCache(maxsize=TEXTS_CACHED)
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        found = {t: self._cache[t] for t in dict.fromkeys(texts) if t in self._cache}
+        missing = [t for t in dict.fromkeys(texts) if t not in found]
+        if missing:
+            fresh = dict(zip(missing, self.backbone.encode_texts(missing), strict=True))
+            found.update(fresh)
+            self._cache.update(fresh)
+        return np.stack([found[t] for t in texts])
+
+
 class AttributeFilterRanker(ScoreRanker):
     """Faceted search: items matching the attribute values asked for so far (and none ruled out) first,
     each group ordered by the backbone's text-image similarity to the feedback."""
@@ -131,13 +152,7 @@ class AttributeFilterRanker(ScoreRanker):
         self.backbone = backbone
         self.image_vectors = np.asarray(image_vectors, dtype=np.float32)
         self.tie_break = _tie_break(len(catalog), seed)
-        self._text_cache: dict[str, np.ndarray] = {}
-
-    def _text_vectors(self, texts: list[str]) -> np.ndarray:
-        missing = list(dict.fromkeys(t for t in texts if t not in self._text_cache))
-        if missing:
-            self._text_cache.update(zip(missing, self.backbone.encode_texts(missing), strict=True))
-        return np.stack([self._text_cache[t] for t in texts])
+        self._text_vectors = TextVectors(backbone)
 
     def scores(self, states: Sequence[DialogState]) -> np.ndarray:
         texts = [" ".join(turn.feedback for turn in state.turns) or "item" for state in states]
@@ -153,14 +168,11 @@ class SingleTurnRanker(ScoreRanker):
         self.backbone = backbone
         self.image_vectors = np.asarray(image_vectors, dtype=np.float32)
         self.tie_break = _tie_break(len(self.image_vectors), seed)
-        self._text_cache: dict[str, np.ndarray] = {}
+        self._text_vectors = TextVectors(backbone)
 
     def scores(self, states: Sequence[DialogState]) -> np.ndarray:
         texts = [state.turns[-1].feedback or "item" for state in states]
-        missing = list(dict.fromkeys(t for t in texts if t not in self._text_cache))
-        if missing:
-            self._text_cache.update(zip(missing, self.backbone.encode_texts(missing), strict=True))
-        queries = np.stack([self._text_cache[t] for t in texts])
+        queries = self._text_vectors(texts)
         for b, state in enumerate(states):
             shown = state.turns[-1].shown
             if shown is not None:
