@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from matplotlib import colors as mpl_colors
 
 from assistant.core.catalog import Catalog, Item
-from assistant.core.colours import FASHION_COLOURS, colour_lab, colour_names, delta_e, describe_label
+from assistant.core.colours import FASHION_COLOURS, colour_lab, colour_names, delta_e, describe_label, nearest_family
 from assistant.core.dialog import seeded_rng
 from assistant.core.feedback import (
     PUNCTUATION,
     SPELLING_FAMILIES,
+    STOP_WORDS,
     VALUE_ALIASES,
     attribute_kind,
     category_rank,
@@ -47,7 +48,7 @@ COMPARATIVE_SHARE = 0.3  # how often an ordered facet is worded as a comparison
 NEGATION_SHARE = 0.15  # how often a difference is worded only as "not what was shown"
 OPENER_SHARE, CLOSER_SHARE, EARLIER_SHARE = 0.3, 0.2, 0.3  # fillers, and references to earlier turns (turn 2 on)
 WORDING_TRIES = 4  # fresh wordings tried for a phrase the honesty check refuses, before the template's
-COLOUR_NAMES_PER_LABEL = 12  # colour-table names kept per label, nearest first
+COLOUR_NAMES_PER_LABEL = 24  # colour-table names kept per label, nearest first
 COLOUR_NAME_REACH = 15.0  # CIEDE2000 from its label within which a colour-table name may stand for it
 
 # How each facet kind's value is worded in a frame when the bank has no word for the shown value: the template's
@@ -126,38 +127,52 @@ class PhraseBank:
 
 
 @functools.cache
+def held_aside() -> frozenset[str]:
+    """Every held-aside word, comparative and frame: what the split of any entry (or frame family) holds aside; a
+    phrase listed in two entries is held aside in both, so the two parts never share one."""
+    known = reader_vocabulary()
+    entries = [ps for table in (*WORDS.values(), *COMPARATIVES.values()) for ps in table.values()]
+    return frozenset(p for ps in entries for p in split_entry(ps, known)["heldout"]) | \
+        frozenset(f for frames in FRAMES.values() for f in split_entry(frames)["heldout"])
+
+
+@functools.cache
 def phrase_bank(part: str) -> PhraseBank:
     """The train or held-aside ("heldout") part of simulator/phrase_bank.py."""
     if part not in BANKS:
         raise ValueError(f"bank must be one of {BANKS}, not {part!r}")
-    known = reader_vocabulary()
-    return PhraseBank(
-        part,
-        {kind: {key: split_entry(ps, known)[part] for key, ps in entries.items()} for kind, entries in WORDS.items()},
-        {kind: {way: split_entry(ps, known)[part] for way, ps in entries.items()}
-         for kind, entries in COMPARATIVES.items()},
-        {family: split_entry(frames)[part] for family, frames in FRAMES.items()})
+    held = held_aside()
+
+    def mine(phrases: Sequence[str]) -> tuple[str, ...]:
+        return tuple(p for p in phrases if (p in held) == (part == "heldout"))
+
+    return PhraseBank(part, {kind: {key: mine(ps) for key, ps in table.items()} for kind, table in WORDS.items()},
+                      {kind: {way: mine(ps) for way, ps in table.items()} for kind, table in COMPARATIVES.items()},
+                      {family: mine(frames) for family, frames in FRAMES.items()})
 
 
 @functools.cache
 def colour_words(labels: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
     """Label -> the colour names that stand for it: XKCD colour-survey names (how people name colours; the CSS
     table's names are in it too, less its run-together ones such as "darkorange") and the reviewed fashion names,
-    those whose nearest label in CIEDE2000 it is, within COLOUR_NAME_REACH, nearest first, at most
-    COLOUR_NAMES_PER_LABEL."""
-    survey = {" ".join(phrase_key(name.removeprefix("xkcd:"))) for name in mpl_colors.XKCD_COLORS}
-    described = {label: describe_label(label).lab for label in labels}
-    labs = {label: lab for label, lab in described.items() if lab is not None}
+    those whose nearest label in CIEDE2000 it is, within COLOUR_NAME_REACH and in one of its colour families (no
+    grey-blue "slate" for Blue), nearest first, at most COLOUR_NAMES_PER_LABEL."""
+    listed = {" ".join(re.findall("[a-z]+", name.removeprefix("xkcd:"))) for name in mpl_colors.XKCD_COLORS}
+    listed |= set(FASHION_COLOURS)  # as colour_names() spells them
+    described = {label: describe_label(label) for label in labels}
+    labs = {label: colour.lab for label, colour in described.items() if colour.lab is not None}
     own_words = {" ".join(phrase_key(label)) for label in labels}
     found: dict[str, list[tuple[float, str]]] = {label: [] for label in labs}
     for name in colour_names():
-        if name in own_words or set(name.split()) & ODD_COLOUR_WORDS or not (name in survey or name in FASHION_COLOURS):
+        words = set(name.split())  # a stop word ("macaroni and cheese") splits a name for the reader
+        if name in own_words or name not in listed or words & ODD_COLOUR_WORDS or words & STOP_WORDS:
             continue
         lab = colour_lab(name)
         if lab is None or not labs:
             continue
         distance, label = min((delta_e(lab, label_lab), label) for label, label_lab in labs.items())
-        if distance <= COLOUR_NAME_REACH:
+        families = described[label].families
+        if distance <= COLOUR_NAME_REACH and (not families or nearest_family(lab) in families):
             found[label].append((distance, name))
     return {label: tuple(name for _, name in sorted(names)[:COLOUR_NAMES_PER_LABEL]) for label, names in found.items()}
 
@@ -187,8 +202,7 @@ class ParaphraseUser(TemplateUser):
         super().__init__(catalog, seed=seed, max_facets=max_facets, title_words=title_words)
         self._vocabulary: dict[str, list[str]] = {name: list(values) for name, values in
                                                   (catalog.vocabulary() if catalog is not None else {}).items()}
-        self._catalog_words = frozenset(phrase_key(v) for vs in self._vocabulary.values() for v in vs) \
-            if bank == "heldout" else frozenset()
+        self._value_words: frozenset[tuple[str, ...]] | None = None
         self._checker: SemanticReader | None = None
         self._wordings: dict[tuple[str, str], tuple[str, ...]] = {}
 
@@ -249,12 +263,12 @@ class ParaphraseUser(TemplateUser):
             kind = attribute_kind(name)
             if kind == "colour":
                 labels = tuple(sorted(self._vocabulary.get(name, [value])))
-                names = colour_words(labels).get(value, ())
-                phrases = split_entry(names, reader_vocabulary())[self.bank.part]
+                names = colour_words(labels).get(value, ())  # split per label, without the catalog's words held aside
+                phrases = split_entry(names, reader_vocabulary() | self.value_words)[self.bank.part]
             else:
                 phrases = self.bank.words.get(kind, {}).get(value_key(value), ())
-            self._wordings[(name, value)] = tuple(p for p in phrases
-                                                  if not contains_any(phrase_key(p), self._catalog_words))
+            self._wordings[(name, value)] = tuple(p for p in phrases if self.bank.part == "train"
+                                                  or not contains_any(phrase_key(p), self.value_words))
         return self._wordings[(name, value)]
 
     # ---- wording ------------------------------------------------------------------------------------------
@@ -273,8 +287,14 @@ class ParaphraseUser(TemplateUser):
                 values = self._vocabulary.setdefault(name, [])
                 if value not in values:
                     values.append(value)
-                    self._checker = None
-                    self._wordings = {}
+                    self._checker, self._value_words, self._wordings = None, None, {}
+
+    @property
+    def value_words(self) -> frozenset[tuple[str, ...]]:
+        """The words of every value this user knows (the words each value's description in the reader starts with)."""
+        if self._value_words is None:
+            self._value_words = frozenset(phrase_key(v) for vs in self._vocabulary.values() for v in vs)
+        return self._value_words
 
     @property
     def checker(self) -> SemanticReader:
