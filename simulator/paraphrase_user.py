@@ -14,7 +14,15 @@ from dataclasses import dataclass
 from matplotlib import colors as mpl_colors
 
 from assistant.core.catalog import Catalog, Item
-from assistant.core.colours import FASHION_COLOURS, colour_lab, colour_names, delta_e, describe_label, nearest_family
+from assistant.core.colours import (
+    FAMILIES,
+    FASHION_COLOURS,
+    colour_lab,
+    colour_names,
+    delta_e,
+    describe_label,
+    nearest_family,
+)
 from assistant.core.dialog import seeded_rng
 from assistant.core.feedback import (
     PUNCTUATION,
@@ -48,7 +56,7 @@ COMPARATIVE_SHARE = 0.3  # how often an ordered facet is worded as a comparison
 NEGATION_SHARE = 0.15  # how often a difference is worded only as "not what was shown"
 OPENER_SHARE, CLOSER_SHARE, EARLIER_SHARE = 0.3, 0.2, 0.3  # fillers, and references to earlier turns (turn 2 on)
 WORDING_TRIES = 4  # fresh wordings tried for a phrase the honesty check refuses, before the template's
-COLOUR_NAMES_PER_LABEL = 24  # colour-table names kept per label, nearest first
+COLOUR_NAMES_PER_LABEL = 36  # colour-table names kept per label, nearest first
 COLOUR_NAME_REACH = 15.0  # CIEDE2000 from its label within which a colour-table name may stand for it
 
 # How each facet kind's value is worded in a frame when the bank has no word for the shown value: the template's
@@ -60,6 +68,7 @@ NEGATION_FAMILIES = {"colour": ("negation",), "fit": ("negation",), "length": ("
                      "usage": ("negation_for",), "season": ("negation_for",)}
 BEFORE_NOUN = frozenset({"colour", "pattern", "fit", "length"})  # in a request: "crimson slouchy tees"
 AFTER_NOUN = {"gender": "for {}", "usage": "for {}", "season": "for {}", "sleeve": "with {}", "neckline": "with a {}"}
+BASIC_COLOUR_WORDS = frozenset(FAMILIES) | {"gray"}
 ARTICLE = re.compile(r"\b(a|an) ([a-z0-9][\w-]*)")
 
 
@@ -177,6 +186,14 @@ def colour_words(labels: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
     return {label: tuple(name for _, name in sorted(names)[:COLOUR_NAMES_PER_LABEL]) for label, names in found.items()}
 
 
+def held_aside_colour(name: str) -> bool:
+    """Whether a colour name belongs to the held-aside part: HELD_ASIDE_SHARE of the names that hold no basic colour
+    word ("scarlet", not "cherry red") and that the reader's lexicon lacks, by a stable hash of the name alone, so
+    that the part does not depend on a catalog's labels."""
+    return not set(name.split()) & BASIC_COLOUR_WORDS and not contains_any(phrase_key(name), reader_vocabulary()) \
+        and _stable_hash(name) < HELD_ASIDE_SHARE * 2 ** 64
+
+
 def fix_articles(text: str) -> str:
     """"a" or "an" as the next word sounds ("a orange one" -> "an orange one")."""
     return ARTICLE.sub(lambda match: _article(match.group(2)), text)
@@ -222,8 +239,8 @@ class ParaphraseUser(TemplateUser):
             parts.insert(position, (self._title_phrase(word, target, rng), word))
         if not parts:
             return wording.choice(self.bank.frames["title_only"])
-        # Most sentences pass the honesty check whole; only a refused one is checked (and reworded) phrase by phrase.
         def drafts() -> Iterator[list[str]]:
+            """Most sentences pass the honesty check whole; only a refused one is checked phrase by phrase."""
             yield [self._wording(about, target, wording) or fallback for fallback, about in parts]
             checked = (self._honest_phrase(fallback, about, target, wording) for fallback, about in parts)
             yield [phrase for phrase in checked if phrase is not None]
@@ -263,8 +280,8 @@ class ParaphraseUser(TemplateUser):
             kind = attribute_kind(name)
             if kind == "colour":
                 labels = tuple(sorted(self._vocabulary.get(name, [value])))
-                names = colour_words(labels).get(value, ())  # split per label, without the catalog's words held aside
-                phrases = split_entry(names, reader_vocabulary() | self.value_words)[self.bank.part]
+                phrases = tuple(n for n in colour_words(labels).get(value, ())
+                                if held_aside_colour(n) == (self.bank.part == "heldout"))
             else:
                 phrases = self.bank.words.get(kind, {}).get(value_key(value), ())
             self._wordings[(name, value)] = tuple(p for p in phrases if self.bank.part == "train"
