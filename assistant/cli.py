@@ -220,7 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="per-turn recall/success of the model and the baselines")
     _model_and_catalog(evaluate)
     _split_option(evaluate)
-    evaluate.add_argument("--user", default="template", help="template | simulator | package.module:function")
+    evaluate.add_argument("--user", default="template",
+                          help="template | paraphrase | paraphrase-heldout | simulator | package.module:function")
     evaluate.add_argument("--turns", type=int, default=5)
     evaluate.add_argument("--targets", type=int, default=1000)
     evaluate.add_argument("--seed", type=int, default=0)

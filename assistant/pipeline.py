@@ -23,7 +23,7 @@ from assistant.model_dir import (
     PLOT_FILE,
     PipelineConfig,
 )
-from assistant.users import template_user
+from assistant.users import paraphrase_user, template_user
 from assistant.vision.attributes import AttributePredictor
 from assistant.vision.backbone import BACKBONE_FILE, Backbone
 from assistant.vision.backbone_training import train_backbone
@@ -127,8 +127,10 @@ class TrainingRun:
         train_features = features_for(self.features, train)
         simulator = load_simulator_user(self.out_dir, train, train_features, self.config.users.simulator_decoding,
                                         seed=self.config.users.seed)
-        user = mixed_user(simulator, template_user(train, self.config.users), self.config.retriever.simulator_fraction,
-                          seed=self.config.retriever.seed)
+        retriever = self.config.retriever
+        paraphrase = paraphrase_user(train, self.config.users, bank="train") if retriever.paraphrase_fraction else None
+        user = mixed_user(simulator, template_user(train, self.config.users), retriever.simulator_fraction,
+                          seed=retriever.seed, paraphrase=paraphrase, paraphrase_fraction=retriever.paraphrase_fraction)
         train_retriever(train, train_features, user, self.config.retriever, self.out_dir, resume=True)
         return {}
 

@@ -8,6 +8,7 @@ from typing import Protocol, runtime_checkable
 
 from assistant.core.catalog import Catalog, Item
 from assistant.model_dir import UsersConfig
+from simulator.paraphrase_user import ParaphraseUser
 from simulator.template_user import TemplateUser
 
 
@@ -46,7 +47,8 @@ def load_function_user(spec: str) -> FunctionUser:
     return FunctionUser(function, spec)
 
 
-USER_NAMES = ("template", "simulator")
+USER_NAMES = ("template", "simulator", "paraphrase", "paraphrase-heldout")
+PARAPHRASE_BANKS = {"paraphrase": "train", "paraphrase-heldout": "heldout"}
 
 
 def template_user(catalog: Catalog | None, settings: UsersConfig | None = None,
@@ -57,12 +59,24 @@ def template_user(catalog: Catalog | None, settings: UsersConfig | None = None,
                         title_words=settings.title_words)
 
 
+def paraphrase_user(catalog: Catalog | None, settings: UsersConfig | None = None, seed: int | None = None,
+                    bank: str = "train") -> ParaphraseUser:
+    """The paraphrase shopper (the template shopper's facets in the phrase bank's words) with the `users:` section's
+    settings; `bank` is "train" (the part training uses) or "heldout" (the held-aside part, for evaluation)."""
+    settings = settings or UsersConfig()
+    return ParaphraseUser(catalog, seed=settings.seed if seed is None else seed, max_facets=settings.max_facets,
+                          title_words=settings.title_words, bank=bank)
+
+
 def resolve_user(spec: str, catalog: Catalog | None = None, seed: int = 0, settings: UsersConfig | None = None) -> User:
     """A User from its spec: `template` (the template shopper, set up by `settings`, a `users:` section),
+    `paraphrase` / `paraphrase-heldout` (the paraphrase shopper with the phrase bank's train / held-aside part),
     `simulator` (the trained captioner, loaded from a model dir), or `package.module:function`."""
     spec = spec.strip()
     if spec == "template":
         return template_user(catalog, settings, seed)
+    if spec in PARAPHRASE_BANKS:
+        return paraphrase_user(catalog, settings, seed, PARAPHRASE_BANKS[spec])
     if spec == "simulator":
         # Resolved with a model dir by the simulator's loader (simulator/user.py: load_simulator_user).
         raise ValueError("the simulator user needs a model dir")

@@ -66,7 +66,8 @@ class RetrieverConfig:
     epochs: int = 8
     dialogs_per_epoch: int = 4096
     opening_fraction: float = 0.3  # dialogs that open with a described request instead of a random item
-    simulator_fraction: float = 0.5  # share of dialogs answered by the trained simulator (rest: template shopper)
+    simulator_fraction: float = 0.5  # share of dialogs answered by the trained simulator
+    paraphrase_fraction: float = 0.0  # share answered by the paraphrase shopper's train bank (rest: template shopper)
     random_shown_epochs: int = 1  # curriculum: the first epochs show random items instead of the top result
     batch_size: int = 64
     learning_rate: float = 1e-3

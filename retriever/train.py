@@ -68,19 +68,32 @@ class MixedUser:
         return replies
 
     def describe(self, target: Item) -> str:
-        describer = next((u for u in self.users if hasattr(u, "describe")), None)
+        """The opening request, by the user who answers this target's dialog when it can describe (the first user
+        that can otherwise: the trained simulator only answers)."""
+        user = self.users[self.pick(target)]
+        describer = user if hasattr(user, "describe") else next((u for u in self.users if hasattr(u, "describe")),
+                                                                None)
         if describer is None:
             raise ValueError("none of the users can describe a target (needs a TemplateUser)")
         return describer.describe(target)
 
 
-def mixed_user(simulator: Any | None, template: Any, simulator_fraction: float, seed: int = 0) -> Any:
-    """The rollout user: the simulator for `simulator_fraction` of dialogs, the template shopper for the rest."""
-    if simulator is None or simulator_fraction <= 0:
+def mixed_user(simulator: Any | None, template: Any, simulator_fraction: float, seed: int = 0,
+               paraphrase: Any | None = None, paraphrase_fraction: float = 0.0) -> Any:
+    """The rollout user: the simulator for `simulator_fraction` of dialogs, the paraphrase shopper for
+    `paraphrase_fraction`, the template shopper for the rest (a user that is None gets no dialogs)."""
+    for name, share in (("simulator_fraction", simulator_fraction), ("paraphrase_fraction", paraphrase_fraction)):
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"retriever {name} must lie in [0, 1], not {share}")
+    if simulator_fraction + paraphrase_fraction > 1.0 + 1e-9:
+        raise ValueError(f"retriever simulator_fraction + paraphrase_fraction must be at most 1, not "
+                         f"{simulator_fraction} + {paraphrase_fraction}")
+    mix = [(user, share) for user, share in ((simulator, simulator_fraction), (paraphrase, paraphrase_fraction))
+           if user is not None and share > 0]
+    if not mix:
         return template
-    if simulator_fraction >= 1:
-        return MixedUser([simulator, template], [1.0, 0.0], seed)
-    return MixedUser([simulator, template], [simulator_fraction, 1 - simulator_fraction], seed)
+    rest = max(0.0, 1.0 - sum(share for _, share in mix))
+    return MixedUser([user for user, _ in mix] + [template], [share for _, share in mix] + [rest], seed)
 
 
 def simulate(ranker, catalog: Catalog, user: Any, targets: np.ndarray, config: RetrieverConfig, seed: int,

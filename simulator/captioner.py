@@ -88,6 +88,8 @@ class SimulatorConfig:
     similar_fraction: float = 0.7  # share of pairs whose reference is similar to the target (as in rollouts)
     max_facets: int = 2  # the template shopper it learns from: differences named per turn
     title_words: int = 1  # ... and title words (brand, style) named per turn
+    paraphrase_fraction: float = 0.0  # share of the pairs (train and val) captioned by the paraphrase shopper's train
+    # bank: the template's facets in varied words, so that sampled rollouts vary their phrasing as people do
     human_pairs: bool = True  # add the catalog's human caption pairs (Fashion IQ) from the train split
     batch_size: int = 64  # global batch, split across DDP ranks
     learning_rate: float = 3e-3

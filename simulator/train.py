@@ -31,6 +31,7 @@ from simulator.captioner import (
     SimulatorModel,
 )
 from simulator.pairs import training_triplets
+from simulator.paraphrase_user import ParaphraseUser
 from simulator.template_user import TemplateUser
 from simulator.tokenizer import BOS_ID, EOS_ID, PAD_ID, CaptionTokenizer
 
@@ -131,21 +132,32 @@ def run_fingerprint(catalog: Catalog, lookup: FeatureLookup, config: SimulatorCo
 
 
 def training_pairs(catalog: Catalog, config: SimulatorConfig) -> tuple[list, list]:
-    """(train triplets, val triplets): template-shopper pairs from each split plus human pairs from train."""
+    """(train triplets, val triplets): shopper pairs from each split plus human pairs from train. A
+    `paraphrase_fraction` of each split's pairs is captioned by the paraphrase shopper (its train bank; the
+    held-aside bank stays for evaluation), the rest by the template shopper."""
+    if not 0.0 <= config.paraphrase_fraction <= 1.0:
+        raise ValueError(f"simulator paraphrase_fraction must lie in [0, 1], not {config.paraphrase_fraction}")
     train_catalog, val_catalog = catalog.split("train"), catalog.split("val")
     if len(train_catalog) < 2 or len(val_catalog) < 2:
         raise ValueError(f"{catalog.name}: too few items to train a simulator "
                          f"({len(train_catalog)} train, {len(val_catalog)} val)")
-    def shopper(catalog: Catalog) -> TemplateUser:
-        return TemplateUser(catalog, seed=config.seed, max_facets=config.max_facets, title_words=config.title_words)
 
-    train = training_triplets(train_catalog, config.triplets, seed=config.seed,
-                              similar_fraction=config.similar_fraction, user=shopper(train_catalog))
+    def shopper_pairs(split: Catalog, count: int, seed: int) -> list[tuple[str, str, str]]:
+        paraphrased = round(count * config.paraphrase_fraction)
+        triplets = training_triplets(split, count - paraphrased, seed=seed, similar_fraction=config.similar_fraction,
+                                     user=TemplateUser(split, seed=config.seed, max_facets=config.max_facets,
+                                                       title_words=config.title_words))
+        if paraphrased:
+            triplets += training_triplets(split, paraphrased, seed=seed + 7919,
+                                          similar_fraction=config.similar_fraction,
+                                          user=ParaphraseUser(split, seed=config.seed, max_facets=config.max_facets,
+                                                              title_words=config.title_words, bank="train"))
+        return triplets
+
+    train = shopper_pairs(train_catalog, config.triplets, config.seed)
     if config.human_pairs:
         train += [(p.reference, p.target, p.caption) for p in train_catalog.caption_pairs]
-    val = training_triplets(val_catalog, config.val_pairs, seed=config.seed + 1,
-                            similar_fraction=config.similar_fraction, user=shopper(val_catalog))
-    return train, val
+    return train, shopper_pairs(val_catalog, config.val_pairs, config.seed + 1)
 
 
 @torch.no_grad()
