@@ -24,7 +24,7 @@ from assistant.core.loaders import load_catalog
 from assistant.core.storage import atomic_write_text, cache_dir
 from assistant.core.store import export_dialogs
 from assistant.model_dir import CONFIG_FILE, MANIFEST_FILE, PipelineConfig
-from assistant.pipeline import train
+from assistant.pipeline import FINE_TUNED, fine_tune, train
 from assistant.service import serve_api
 from assistant.vision.backbone import BACKBONE_FILE, Backbone
 from assistant.vision.features import compute_features
@@ -62,11 +62,22 @@ def cmd_catalog(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    stages = STAGES[: STAGES.index(args.stage) + 1] if args.stage else STAGES
     catalog = args.catalog
     if args.images_root:
-        catalog = load_catalog(catalog or PipelineConfig.load(args.config).catalog.source, images_root=args.images_root)
-    manifest = train(catalog, args.config, args.out, resume=args.resume, stages=stages)
+        source = PipelineConfig.load(args.config or (args.from_dir / CONFIG_FILE if args.from_dir else "demo"))
+        catalog = load_catalog(catalog or source.catalog.source, images_root=args.images_root)
+    if args.from_dir:
+        if args.stage:
+            raise ValueError("with --from, name the stages to re-run with --stages, not a stage to stop after")
+        stages = [stage.strip() for stage in (args.stages or ",".join(FINE_TUNED)).split(",") if stage.strip()]
+        manifest = fine_tune(args.from_dir, args.out, stages, dialogs=args.dialogs, catalog=catalog,
+                             config=args.config, resume=args.resume)
+    else:
+        if args.stages:
+            raise ValueError("--stages re-runs stages of an existing model: use it with --from MODEL_DIR")
+        stages = STAGES[: STAGES.index(args.stage) + 1] if args.stage else STAGES
+        manifest = train(catalog, args.config or "demo", args.out, resume=args.resume, stages=stages,
+                         dialogs=args.dialogs)
     for stage, info in manifest["stages"].items():
         print(f"{stage:>10}: {info.get('seconds', 0):8.1f} s  " + json.dumps(
             {k: v for k, v in info.items() if k not in ("done", "seconds")}, ensure_ascii=False)[:200])
@@ -208,9 +219,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("stage", nargs="?", choices=STAGES, help="stop after this stage (default: all)")
     train.add_argument("--catalog", help="catalog folder/file or 'demo' (default: the config's catalog.source)")
     _images_root_option(train)
-    train.add_argument("--config", default="demo", help="configs/<name>.yaml or a YAML path (default demo)")
+    train.add_argument("--config", help="configs/<name>.yaml or a YAML path (default: demo; with --from, the model's "
+                       "own config)")
     train.add_argument("--out", required=True, type=Path, help="the model directory to write")
     train.add_argument("--resume", action="store_true", help="continue a killed run: finished stages are skipped")
+    train.add_argument("--dialogs", action="append", type=Path, default=[], metavar="FILE.jsonl",
+                       help="logged dialogs (written by export-dialogs): their human pairs among the train split "
+                            "join simulator and retriever training (repeatable)")
+    train.add_argument("--from", dest="from_dir", type=Path, metavar="MODEL_DIR",
+                       help="fine-tune: copy this model directory to --out and re-run only --stages there")
+    train.add_argument("--stages", help="with --from: the stages to re-run, comma-separated (default "
+                       f"{','.join(FINE_TUNED)}: both continue from their saved weights)")
     train.set_defaults(run=cmd_train)
 
     index = commands.add_parser("index", help="build (and cache) a catalog's features and index with a model")

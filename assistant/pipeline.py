@@ -4,23 +4,27 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from assistant.api import Assistant
-from assistant.core.catalog import Catalog
+from assistant.core.catalog import CaptionPair, Catalog, caption_pairs_digest
 from assistant.core.config import STAGES
 from assistant.core.loaders import load_catalog
 from assistant.core.storage import atomic_write_text
+from assistant.core.store import read_caption_pairs
 from assistant.model_dir import (
     ATTRIBUTES_FILE,
     CONFIG_FILE,
     MANIFEST_FILE,
     METRICS_FILE,
     PLOT_FILE,
+    RETRIEVER_FILE,
     PipelineConfig,
 )
 from assistant.users import paraphrase_user, template_user
@@ -37,12 +41,23 @@ from simulator.user import load_simulator_user
 
 log = logging.getLogger(__name__)
 
+# The config sections each stage's output depends on: a stage kept by `fine_tune` must keep them unchanged.
+STAGE_SECTIONS = {"backbone": ("backbone",), "features": ("backbone",), "attributes": ("attributes",),
+                  "simulator": ("simulator",), "retriever": ("retriever", "users"), "metrics": ("evaluation",)}
+FINE_TUNED = ("simulator", "retriever")  # the stages `fine_tune` continues from their saved weights
+
 class TrainingRun:
     """One `train` run: the config, the catalog and the model directory, with a manifest of finished stages."""
 
-    def __init__(self, catalog: Catalog, config: PipelineConfig, out_dir: Path, progress: bool = True) -> None:
+    def __init__(self, catalog: Catalog, config: PipelineConfig, out_dir: Path, progress: bool = True,
+                 human_pairs: Sequence[CaptionPair] = (), fine_tune: bool = False) -> None:
+        if human_pairs:
+            catalog = catalog.with_caption_pairs(human_pairs)
         self.catalog, self.config, self.out_dir, self.progress = catalog, config, Path(out_dir), progress
-        self.run_key = {"catalog": catalog.fingerprint, "config": config.as_dict()}
+        self.fine_tune = fine_tune  # simulator and retriever continue from the weights already in out_dir
+        self.run_key: dict[str, Any] = {"catalog": catalog.fingerprint, "config": config.as_dict()}
+        if human_pairs:
+            self.run_key["human_pairs"] = caption_pairs_digest(human_pairs)
         self.manifest: dict[str, Any] = {"run_key": self.run_key, "stages": {}}
         self._backbone: Backbone | None = None
         self._features: ItemFeatures | None = None
@@ -119,8 +134,9 @@ class TrainingRun:
         return {"test_accuracy": predictor.evaluate(self.features.image, self.catalog, rows["test"])}
 
     def stage_simulator(self) -> dict:
-        train_simulator(self.catalog, self.features, self.config.simulator, self.out_dir, resume=True)
-        return {}
+        train_simulator(self.catalog, self.features, self.config.simulator, self.out_dir, resume=True,
+                        fine_tune=self.fine_tune)
+        return {"human_pairs": len(self.split("train").caption_pairs), "fine_tune": self.fine_tune}
 
     def stage_retriever(self) -> dict:
         train = self.split("train")
@@ -131,8 +147,10 @@ class TrainingRun:
         paraphrase = paraphrase_user(train, self.config.users, bank="train") if retriever.paraphrase_fraction else None
         user = mixed_user(simulator, template_user(train, self.config.users), retriever.simulator_fraction,
                           seed=retriever.seed, paraphrase=paraphrase, paraphrase_fraction=retriever.paraphrase_fraction)
-        train_retriever(train, train_features, user, self.config.retriever, self.out_dir, resume=True)
-        return {}
+        train_retriever(train, train_features, user, retriever, self.out_dir, resume=True,
+                        human_pairs=train.caption_pairs,
+                        start_from=self.out_dir / RETRIEVER_FILE if self.fine_tune else None)
+        return {"human_pairs": len(train.caption_pairs), "fine_tune": self.fine_tune}
 
     def stage_metrics(self) -> dict:
         evaluation = self.config.evaluation
@@ -157,16 +175,77 @@ class TrainingRun:
         return {"success@10": model["success@10"][-1], "recall@10": model["recall@10"][-1]}
 
 
+def read_dialogs_pairs(paths: Sequence[str | Path]) -> list[CaptionPair]:
+    """The human pairs of `export-dialogs` files, each file's pairs in order."""
+    return [pair for path in paths for pair in read_caption_pairs(path)]
+
+
 def train(catalog: str | Catalog | None, config: str | Path, out_dir: str | Path, resume: bool = False,
-          progress: bool = True, stages: tuple[str, ...] = STAGES) -> dict[str, Any]:
+          progress: bool = True, stages: tuple[str, ...] = STAGES, dialogs: Sequence[str | Path] = ()
+          ) -> dict[str, Any]:
     """Run every stage (backbone → features → attribute heads → simulator → retriever → metrics) into `out_dir`.
 
     Stages a previous run of the same config and catalog finished are skipped with `resume`; a stage that
-    was killed midway continues from its own checkpoint.
+    was killed midway continues from its own checkpoint. The human pairs of `dialogs` (files written by
+    `export-dialogs`) among the train split join simulator and retriever training.
     """
     pipeline_config = PipelineConfig.load(config)
     if not isinstance(catalog, Catalog):
         catalog = load_catalog(catalog or pipeline_config.catalog.source)
-    run = TrainingRun(catalog, pipeline_config, Path(out_dir), progress=progress)
+    run = TrainingRun(catalog, pipeline_config, Path(out_dir), progress=progress,
+                      human_pairs=read_dialogs_pairs(dialogs))
     run.open(resume)
     return run.run(stages)
+
+
+def fine_tune(source: str | Path, out_dir: str | Path, stages: Sequence[str] = FINE_TUNED,
+              dialogs: Sequence[str | Path] = (), catalog: str | Catalog | None = None,
+              config: str | Path | None = None, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """A copy of the model directory `source` in `out_dir` with only `stages` re-run, on the human pairs of
+    `dialogs` too: the simulator and retriever continue from their saved weights (`finetune_steps`,
+    `finetune_epochs`), features and attribute heads are computed again. The other stages' files are kept
+    as they are, so their config sections must not change; the held-out metrics are dropped unless `metrics`
+    is among `stages`. A killed fine-tune continues with `resume`."""
+    source, out_dir = Path(source), Path(out_dir)
+    unknown = [stage for stage in stages if stage not in STAGES]
+    if unknown or not stages:
+        raise ValueError(f"stages to re-run must be some of {', '.join(STAGES[1:])}, "
+                         f"not {', '.join(unknown) or 'none'}")
+    if "backbone" in stages:
+        raise ValueError("the backbone cannot be re-run on a copy (everything else reads its vectors): "
+                         "train a new model instead")
+    if not (source / MANIFEST_FILE).exists():
+        raise ValueError(f"{source}: not a model directory (no {MANIFEST_FILE})")
+    source_config = PipelineConfig.load(source / CONFIG_FILE)
+    pipeline_config = PipelineConfig.load(config) if config else source_config
+    changed = sorted({name for stage in STAGES if stage not in stages for name in STAGE_SECTIONS[stage]
+                      if stage != "metrics" and getattr(pipeline_config, name) != getattr(source_config, name)})
+    if changed:
+        raise ValueError(f"the config changes the {', '.join(changed)} section(s) of stages kept from {source}: "
+                         "re-run those stages too")
+    if not isinstance(catalog, Catalog):
+        catalog = load_catalog(catalog or pipeline_config.catalog.source)
+    trained_on = json.loads((source / "catalog.json").read_text(encoding="utf-8"))["fingerprint"]
+    if trained_on != catalog.fingerprint:
+        raise ValueError(f"{source} was trained on another catalog (fingerprint {trained_on}, this one "
+                         f"{catalog.fingerprint}): train a new model for it")
+    run = TrainingRun(catalog, pipeline_config, out_dir, progress=progress,
+                      human_pairs=read_dialogs_pairs(dialogs), fine_tune=True)
+    if out_dir.exists() and not (resume and run.manifest_path.exists()):
+        raise FileExistsError(f"{out_dir} exists: choose another --out (or pass --resume to continue a fine-tune)")
+    if not out_dir.exists():
+        staging = out_dir.with_name(out_dir.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(source, staging)
+        manifest = json.loads((staging / MANIFEST_FILE).read_text(encoding="utf-8"))
+        redone = set(stages) | {"metrics"}
+        manifest["stages"] = {name: info for name, info in manifest["stages"].items() if name not in redone}
+        manifest["run_key"] = run.run_key
+        manifest["fine_tuned_from"] = {"model": source.name, "stages": list(stages),
+                                       "human_pairs": len(run.catalog.caption_pairs)}
+        for stale in (METRICS_FILE, PLOT_FILE):
+            (staging / stale).unlink(missing_ok=True)
+        atomic_write_text(staging / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
+        staging.rename(out_dir)
+    run.open(resume=True)
+    return run.run(tuple(stage for stage in STAGES if stage in stages))

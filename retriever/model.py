@@ -75,6 +75,9 @@ class RetrieverConfig:
     warmup_steps: int = 60
     hard_negatives: int = 8  # top results of each rollout turn used as negatives
     random_negatives: int = 1024  # catalog items drawn per step as extra negatives
+    human_repeats: int = 4  # times each logged human pair (`train --dialogs`) joins an epoch's dialogs
+    finetune_epochs: int = 1  # epochs of `train --from MODEL_DIR` (fine-tuning the saved weights)
+    finetune_learning_rate: float = 3e-4
     seed: int = 0
     device: str = "auto"  # auto: cuda, then mps, then cpu
     amp: bool = True  # mixed precision on CUDA

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from assistant.core.catalog import Catalog, Item
-from assistant.core.dialog import DialogState, run_dialogs, seeded_rng
+from assistant.core.catalog import CaptionPair, Catalog, Item, caption_pairs_digest
+from assistant.core.dialog import DialogState, Turn, run_dialogs, seeded_rng
 from assistant.core.storage import atomic_write_text
 from assistant.core.training import (
     Distributed,
@@ -32,6 +32,9 @@ from retriever.model import DialogRetriever, ItemInputs, RetrieverConfig, Retrie
 
 RETRIEVER_FILE = "retriever.safetensors"
 TRAIN_STATE_FILE = "retriever-train-state.safetensors"
+FINETUNE_STATE_FILE = "retriever-finetune-state.safetensors"
+# What a fine-tune must share with the saved retriever; the other fields only steer training.
+SHAPE_FIELDS = ("width", "layers", "heads", "feedforward", "max_turns", "text_mode", "item_space", "use_attributes")
 TRAIN_LOG_FILE = "retriever-train-log.json"
 class MixedUser:
     """Answers each dialog with one of several users, chosen with the given weights by a seeded draw on the
@@ -111,6 +114,14 @@ def simulate(ranker, catalog: Catalog, user: Any, targets: np.ndarray, config: R
     return ranks.gather_shards(run.states, len(targets))
 
 
+def human_dialogs(catalog: Catalog, pairs: Sequence[CaptionPair]) -> tuple[list[DialogState], np.ndarray]:
+    """Logged human pairs as one-turn dialogs: the shopper looked at the reference, said the caption and picked
+    the target ("this is it"). Pairs naming an item outside `catalog` are left out."""
+    kept = [p for p in pairs if p.reference in catalog and p.target in catalog and p.reference != p.target]
+    states = [DialogState([Turn(catalog.index_of(p.reference), p.caption)]) for p in kept]
+    return states, np.asarray([catalog.index_of(p.target) for p in kept], dtype=np.int64)
+
+
 def contrastive_loss(network, retriever: DialogRetriever, items: ItemInputs, states: Sequence[DialogState],
                      targets: np.ndarray, candidate_pool: np.ndarray, device: torch.device, ranks: Distributed,
                      precision: MixedPrecision) -> tuple[torch.Tensor, int]:
@@ -157,33 +168,50 @@ def network_scale(network) -> torch.Tensor:
 
 
 def train_retriever(catalog: Catalog, features, user: Any, config: RetrieverConfig, out_dir: Path,
-                    resume: bool = True, attributes: Sequence[dict[str, str]] | None = None) -> DialogRetriever:
+                    resume: bool = True, attributes: Sequence[dict[str, str]] | None = None,
+                    human_pairs: Sequence[CaptionPair] = (), start_from: Path | None = None) -> DialogRetriever:
     """Train on simulated dialogs over `catalog` (the training split) and save `out_dir/retriever.safetensors`.
 
     Each epoch plays `dialogs_per_epoch` rollouts of `turns` turns (a random first item or a described request;
-    then the current retriever's top unshown item; `user` answers, and describes targets for openings), then
-    trains on every turn of them. A checkpoint after each epoch lets a killed run resume. Under torchrun
-    (WORLD_SIZE > 1) rollouts and batches are split across processes (gloo on CPU, nccl on GPU).
+    then the current retriever's top unshown item; `user` answers, and describes targets for openings), adds
+    the logged `human_pairs` (`human_repeats` times each, as one-turn dialogs), then trains on every turn of
+    them. With `start_from` (a saved retriever) it fine-tunes those weights for `finetune_epochs` instead.
+    A checkpoint after each epoch lets a killed run resume. Under torchrun (WORLD_SIZE > 1) rollouts and
+    batches are split across processes (gloo on CPU, nccl on GPU).
     """
     device = resolve_device(config.device)
     with Distributed(device) as ranks:
-        return _train(catalog, features, user, config, Path(out_dir), resume, attributes, device, ranks)
+        return _train(catalog, features, user, config, Path(out_dir), resume, attributes, list(human_pairs),
+                      start_from, device, ranks)
 
 
 def _train(catalog: Catalog, features, user: Any, config: RetrieverConfig, out_dir: Path, resume: bool,
-           attributes: Sequence[dict[str, str]] | None, device: torch.device, ranks: Distributed) -> DialogRetriever:
+           attributes: Sequence[dict[str, str]] | None, human_pairs: list[CaptionPair], start_from: Path | None,
+           device: torch.device, ranks: Distributed) -> DialogRetriever:
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    retriever = DialogRetriever.create(catalog, int(np.asarray(features.image).shape[1]), config)
+    if start_from is None:
+        retriever = DialogRetriever.create(catalog, int(np.asarray(features.image).shape[1]), config)
+        epochs, learning_rate, state_path = config.epochs, config.learning_rate, out_dir / TRAIN_STATE_FILE
+    else:
+        retriever = DialogRetriever.load(start_from)
+        differ = [k for k in SHAPE_FIELDS if getattr(retriever.config, k) != getattr(config, k)]
+        if differ:
+            raise ValueError(f"{start_from}: the saved retriever's {', '.join(differ)} differ from the config's")
+        epochs, learning_rate = config.finetune_epochs, config.finetune_learning_rate
+        state_path = out_dir / FINETUNE_STATE_FILE
     retriever.network.to(device)
+    human_states, human_targets = human_dialogs(catalog, human_pairs)
     items = retriever.item_inputs(catalog, features, attributes)
     decay = [p for n, p in retriever.network.named_parameters() if p.ndim > 1 and "embedding" not in n]
     no_decay = [p for n, p in retriever.network.named_parameters() if not (p.ndim > 1 and "embedding" not in n)]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=config.learning_rate)
-    state_path = out_dir / TRAIN_STATE_FILE
-    run_key = json.dumps(config.run_key(), sort_keys=True)
+    key = config.run_key()
+    if human_pairs or start_from is not None:  # (plain runs keep the key they always had)
+        key |= {"fine_tune": start_from is not None, "human_pairs": caption_pairs_digest(human_pairs)}
+    run_key = json.dumps(key, sort_keys=True)
     start_epoch, step, log = 0, 0, []
     saved = read_checkpoint(state_path, run_key) if resume else None
     if saved:
@@ -191,27 +219,30 @@ def _train(catalog: Catalog, features, user: Any, config: RetrieverConfig, out_d
         start_epoch, step, log = saved.counters["epoch"], saved.counters["step"], saved.counters["log"]
     network = ranks.wrap(retriever.network)
     precision = MixedPrecision(device, config.amp)
-    steps_per_epoch = math.ceil(config.dialogs_per_epoch / config.batch_size)
-    total_steps = steps_per_epoch * config.epochs
-    for epoch in range(start_epoch, config.epochs):
+    repeats = config.human_repeats if len(human_states) else 0
+    steps_per_epoch = math.ceil((config.dialogs_per_epoch + repeats * len(human_states)) / config.batch_size)
+    total_steps = steps_per_epoch * epochs
+    for epoch in range(start_epoch, epochs):
         started = time.time()
-        rng = np.random.default_rng([config.seed, epoch])
+        rng = np.random.default_rng([config.seed, epoch] + ([1] if start_from is not None else []))
         targets = rng.integers(0, len(catalog), config.dialogs_per_epoch)
-        if epoch < config.random_shown_epochs:
+        if epoch < config.random_shown_epochs and start_from is None:
             ranker: Any = RandomRanker(len(catalog), seed=config.seed + epoch)
         else:
             ranker = RetrieverRanker(retriever, items)
         states = simulate(ranker, catalog, user, targets, config, seed=config.seed * 1000 + epoch, ranks=ranks)
+        states += human_states * repeats
+        targets = np.concatenate([targets, np.tile(human_targets, repeats)])
         rollout_seconds = time.time() - started
         retriever.network.train()
         order = rng.permutation(len(states))
         losses = []
-        bar = tqdm(range(steps_per_epoch), desc=f"retriever epoch {epoch + 1}/{config.epochs}",
+        bar = tqdm(range(steps_per_epoch), desc=f"retriever epoch {epoch + 1}/{epochs}",
                    disable=not config.progress or not ranks.main, leave=False)
         for batch_number in bar:
             chosen = order[batch_number * config.batch_size: (batch_number + 1) * config.batch_size]
             pool = rng.choice(len(catalog), min(config.random_negatives, len(catalog)), replace=False)
-            set_learning_rate(optimizer, warmup_cosine(step, config.learning_rate, config.warmup_steps, total_steps))
+            set_learning_rate(optimizer, warmup_cosine(step, learning_rate, config.warmup_steps, total_steps))
             loss, _ = contrastive_loss(network, retriever, items, [states[i] for i in chosen], targets[chosen],
                                        pool, device, ranks, precision)
             precision.step(loss, optimizer, clip_norm=1.0, parameters=retriever.network.parameters())
@@ -220,7 +251,8 @@ def _train(catalog: Catalog, features, user: Any, config: RetrieverConfig, out_d
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
         log.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "losses": losses,
                     "rollout_seconds": round(rollout_seconds, 2), "seconds": round(time.time() - started, 2),
-                    "temperature": float(1 / network_scale(network).detach()), "world_size": ranks.world})
+                    "temperature": float(1 / network_scale(network).detach()), "world_size": ranks.world,
+                    "human_dialogs": repeats * len(human_states), "fine_tune": start_from is not None})
         if ranks.main:
             save_checkpoint(state_path, retriever.network, optimizer, run_key,
                             {"epoch": epoch + 1, "step": step, "log": log})

@@ -90,7 +90,10 @@ class SimulatorConfig:
     title_words: int = 1  # ... and title words (brand, style) named per turn
     paraphrase_fraction: float = 0.0  # share of the pairs (train and val) captioned by the paraphrase shopper's train
     # bank: the template's facets in varied words, so that sampled rollouts vary their phrasing as people do
-    human_pairs: bool = True  # add the catalog's human caption pairs (Fashion IQ) from the train split
+    human_pairs: bool = True  # add the catalog's human caption pairs (Fashion IQ, `train --dialogs`) from train
+    human_repeats: int = 4  # times each human pair joins the training pairs (they are few beside the template's)
+    finetune_steps: int = 500  # steps of `train --from MODEL_DIR` (fine-tuning the saved weights)
+    finetune_learning_rate: float = 1e-3
     batch_size: int = 64  # global batch, split across DDP ranks
     learning_rate: float = 3e-3
     weight_decay: float = 0.01

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from assistant.core.catalog import Catalog
+from assistant.core.catalog import Catalog, caption_pairs_digest
 from assistant.core.training import (
     Distributed,
     MixedPrecision,
@@ -36,6 +36,7 @@ from simulator.template_user import TemplateUser
 from simulator.tokenizer import BOS_ID, EOS_ID, PAD_ID, CaptionTokenizer
 
 RESUME_FILE = "simulator.resume.safetensors"
+FINETUNE_RESUME_FILE = "simulator.finetune-resume.safetensors"
 
 
 @dataclass
@@ -124,10 +125,13 @@ class BatchPlan:
         return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
 
 
-def run_fingerprint(catalog: Catalog, lookup: FeatureLookup, config: SimulatorConfig) -> str:
-    """What a checkpoint must match to be resumed: catalog, feature width and the config (less runtime fields)."""
+def run_fingerprint(catalog: Catalog, lookup: FeatureLookup, config: SimulatorConfig, fine_tune: bool = False) -> str:
+    """What a checkpoint must match to be resumed: catalog, feature width, the config (less runtime fields), and
+    the human pairs and fine-tuning when there are any."""
     settings = {k: v for k, v in asdict(config).items() if k not in ("device", "max_minutes", "threads")}
-    record = json.dumps([catalog.fingerprint, lookup.dim, settings], sort_keys=True)
+    extra = [caption_pairs_digest(catalog.caption_pairs)] if catalog.caption_pairs else []
+    record = json.dumps([catalog.fingerprint, lookup.dim, settings] + extra + (["fine-tune"] if fine_tune else []),
+                        sort_keys=True)
     return hashlib.sha256(record.encode("utf-8")).hexdigest()[:16]
 
 
@@ -156,7 +160,7 @@ def training_pairs(catalog: Catalog, config: SimulatorConfig) -> tuple[list, lis
 
     train = shopper_pairs(train_catalog, config.triplets, config.seed)
     if config.human_pairs:
-        train += [(p.reference, p.target, p.caption) for p in train_catalog.caption_pairs]
+        train += [(p.reference, p.target, p.caption) for p in train_catalog.caption_pairs] * config.human_repeats
     return train, shopper_pairs(val_catalog, config.val_pairs, config.seed + 1)
 
 
@@ -177,25 +181,26 @@ def validation_loss(network: torch.nn.Module, data: CaptionData, batch_size: int
 
 
 def train_simulator(catalog: Catalog, features, config: SimulatorConfig, out_dir: Path,
-                    resume: bool = True) -> SimulatorModel:
+                    resume: bool = True, fine_tune: bool = False) -> SimulatorModel:
     """Train the relative captioner on `catalog`'s train split; the best model (by val loss) ends up in `out_dir`.
 
     A killed run resumes from its last checkpoint (`simulator.resume.safetensors`) when `resume` is true and
     the catalog, features and config are the same; a finished run with the same inputs is simply loaded.
-    Launched by torchrun, each rank trains on its share of every global batch (DDP).
+    With `fine_tune`, the simulator already in `out_dir` (its tokenizer and weights) trains `finetune_steps`
+    more steps instead. Launched by torchrun, each rank trains on its share of every global batch (DDP).
     """
     device = resolve_device(config.device)
     with Distributed(device) as ranks:
-        return _train(catalog, features, config, Path(out_dir), resume, device, ranks)
+        return _train(catalog, features, config, Path(out_dir), resume, fine_tune, device, ranks)
 
 
-def _train(catalog: Catalog, features, config: SimulatorConfig, out_dir: Path, resume: bool, device: torch.device,
-           ranks: Distributed) -> SimulatorModel:
+def _train(catalog: Catalog, features, config: SimulatorConfig, out_dir: Path, resume: bool, fine_tune: bool,
+           device: torch.device, ranks: Distributed) -> SimulatorModel:
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     lookup = FeatureLookup(features, config.feature)
-    fingerprint = run_fingerprint(catalog, lookup, config)
-    resume_path = out_dir / RESUME_FILE
+    fingerprint = run_fingerprint(catalog, lookup, config, fine_tune)
+    resume_path = out_dir / (FINETUNE_RESUME_FILE if fine_tune else RESUME_FILE)
     if resume and (out_dir / SETTINGS_FILE).exists():
         finished = json.loads((out_dir / SETTINGS_FILE).read_text(encoding="utf-8")).get("training_run", {})
         if finished.get("finished") and finished.get("fingerprint") == fingerprint:
@@ -204,8 +209,11 @@ def _train(catalog: Catalog, features, config: SimulatorConfig, out_dir: Path, r
     saved = read_checkpoint(resume_path, fingerprint) if resume else None
 
     train_triplets, val_triplets = training_pairs(catalog, config)
-    attributes = AttributeVocab.from_catalog(catalog.split("train"))
-    if saved is not None:
+    start = SimulatorModel.load(out_dir) if fine_tune else None
+    attributes = start.attributes if start else AttributeVocab.from_catalog(catalog.split("train"))
+    if start is not None:
+        tokenizer = start.tokenizer
+    elif saved is not None:
         tokenizer = CaptionTokenizer(saved.extra["tokenizer"].numpy().tobytes())
     else:
         trained = CaptionTokenizer.train([c for _, _, c in train_triplets], config.vocab_size) if ranks.main else None
@@ -213,8 +221,12 @@ def _train(catalog: Catalog, features, config: SimulatorConfig, out_dir: Path, r
 
     torch.manual_seed(config.seed)
     model = SimulatorModel.build(tokenizer, attributes, lookup.dim, config, getattr(features, "backbone_id", ""))
+    if start is not None:
+        model.network.load_state_dict(start.network.state_dict())
     network = model.network.to(device)
-    optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    max_steps = config.finetune_steps if fine_tune else config.max_steps
+    learning_rate = config.finetune_learning_rate if fine_tune else config.learning_rate
+    optimizer = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=config.weight_decay)
     state = {"fingerprint": fingerprint, "step": 0, "best_val_loss": None, "best_step": 0, "bad_evals": 0,
              "elapsed_s": 0.0, "cpu_s": 0.0, "history": [], "world_size": ranks.world}
     if saved is not None:
@@ -252,13 +264,13 @@ def _train(catalog: Catalog, features, config: SimulatorConfig, out_dir: Path, r
     started = time.perf_counter() - state["elapsed_s"]
     cpu_started = time.process_time() - state["cpu_s"]  # this process's CPU time, all threads
     window_loss, window_tokens = 0.0, 0.0
-    progress = tqdm(total=config.max_steps, initial=state["step"], desc="simulator", unit="step",
+    progress = tqdm(total=max_steps, initial=state["step"], desc="simulator", unit="step",
                     disable=None if ranks.main else True, dynamic_ncols=True)
-    stop = state["step"] >= config.max_steps or state["bad_evals"] >= config.patience
+    stop = state["step"] >= max_steps or state["bad_evals"] >= config.patience
     while not stop:
         step = state["step"]
         # linear warmup, then cosine decay to a tenth of the peak at max_steps
-        set_learning_rate(optimizer, warmup_cosine(step, config.learning_rate, config.warmup_steps, config.max_steps,
+        set_learning_rate(optimizer, warmup_cosine(step, learning_rate, config.warmup_steps, max_steps,
                                                    floor=0.1))
         inputs = train_data.batch(ranks.shard(plan.rows(step)), device)
         with precision.autocast():
@@ -273,10 +285,10 @@ def _train(catalog: Catalog, features, config: SimulatorConfig, out_dir: Path, r
         state["cpu_s"] = time.process_time() - cpu_started
         progress.update(1)
         progress.set_postfix(loss=f"{global_loss / global_tokens:.3f}")
-        if state["step"] % config.eval_every == 0 or state["step"] >= config.max_steps:
+        if state["step"] % config.eval_every == 0 or state["step"] >= max_steps:
             stop = evaluate_and_checkpoint(window_loss / max(window_tokens, 1))
             window_loss, window_tokens = 0.0, 0.0
-            stop = stop or state["step"] >= config.max_steps
+            stop = stop or state["step"] >= max_steps
     progress.close()
 
     if ranks.main:

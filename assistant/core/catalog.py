@@ -61,6 +61,12 @@ class CaptionPair:
     caption: str
 
 
+def caption_pairs_digest(pairs: Iterable[CaptionPair]) -> str:
+    """A short hash of a set of caption pairs, for the run keys of trainings that read them."""
+    record = sorted((p.reference, p.target, p.caption) for p in pairs)
+    return hashlib.sha256(json.dumps(record, ensure_ascii=False).encode("utf-8")).hexdigest()[:16]
+
+
 @dataclass
 class LoadReport:
     """What a loader kept and what it skipped, with the reason for each skipped row."""
@@ -173,6 +179,11 @@ class Catalog:
         chosen = [self[i] for i in ids]
         return Catalog(chosen, name=name or f"{self.name}[subset]", root=self.root, report=self.report,
                        caption_pairs=self.caption_pairs, image_root=self.image_root)
+
+    def with_caption_pairs(self, pairs: Iterable[CaptionPair]) -> Catalog:
+        """The same items with these human caption pairs added (pairs naming an item it lacks are left out)."""
+        return Catalog(self.items, name=self.name, root=self.root, report=self.report,
+                       caption_pairs=list(self.caption_pairs) + list(pairs), image_root=self.image_root)
 
     def split(self, split: str) -> Catalog:
         """The train, val or test part, by a stable hash of each id."""
