@@ -29,9 +29,12 @@ test: $(STAMP)
 	$(VENV)/bin/lint-imports
 	$(PYTHON) -m pytest -q
 
-# Rewrites docs/app-screenshot.png from the browser test's three-turn dialog (plain test runs leave it alone).
+# Rewrites docs/app-screenshot.png from the browser test's three-turn dialog on the trained demo model (trained
+# first if needed; plain test runs use the tiny test model and leave the picture alone).
 screenshot: $(STAMP)
-	FASHION_ASSISTANT_SCREENSHOT=1 $(PYTHON) -m pytest -q tests/test_browser.py -k three_turn
+	$(VENV)/bin/fashion-assistant demo --no-serve
+	FASHION_ASSISTANT_SCREENSHOT="$$($(PYTHON) -c 'from assistant.cli import demo_model_dir; print(demo_model_dir("demo"))')" \
+		$(PYTHON) -m pytest -q tests/test_browser.py -k three_turn
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
