@@ -273,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     chat = commands.add_parser("chat", help="shop in the terminal: text refines, a number picks the reference")
     _model_and_catalog(chat)
-    chat.add_argument("--data", type=Path, help="folder for the dialog log")
+    chat.add_argument("--data", help="the dialog log: a folder (SQLite) or a postgresql:// URL")
     chat.set_defaults(run=cmd_chat)
 
     serve = commands.add_parser("serve", help="serve the Gradio app for a model and catalog")
@@ -292,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     api.set_defaults(run=cmd_api)
 
     export = commands.add_parser("export-dialogs", help="write logged dialogs as training pairs (JSONL)")
-    export.add_argument("--data", type=Path, help="the dialog log's folder (default: the cache's dialogs/)")
+    export.add_argument("--data", help="the dialog log: a folder (SQLite) or a postgresql:// URL (default: the "
+                        "cache's dialogs/)")
     export.add_argument("--out", required=True, type=Path)
     export.set_defaults(run=cmd_export_dialogs)
 
@@ -342,7 +343,8 @@ def _catalog_split(args: argparse.Namespace) -> Catalog:
 def _server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=7860)
-    parser.add_argument("--data", type=Path, help="folder for the dialog log (default: the cache's dialogs/)")
+    parser.add_argument("--data", help="the dialog log: a folder (SQLite) or a postgresql:// URL (default: the "
+                        "cache's dialogs/)")
 
 
 EXPECTED_ERRORS = (AssistantError, ValueError, OSError)  # bad input or environment, told in one line

@@ -21,6 +21,7 @@ import numpy as np
 import psycopg
 import pytest
 
+from assistant.cli import main
 from assistant.core.catalog import CaptionPair
 from assistant.core.dialog import ShownImage
 from assistant.core.store import (
@@ -116,6 +117,15 @@ def test_a_log_written_before_photos_were_stored_opens_and_grows(tmp_path: Path)
     with SQLiteStore(tmp_path) as store:
         store.log_turn("old", 1, "feedback", "in red", "a", ["b"])
         assert [(t.text, t.photo) for t in store.turns("old")] == [("a dress", None), ("in red", None)]
+
+
+def test_export_dialogs_command_reads_a_folder_or_a_postgresql_url(store: DialogStore, location: str,
+                                                                  tmp_path: Path) -> None:
+    _log_dialog(store, "finished", pick="g")
+    store.close()
+    out = tmp_path / "cli.jsonl"
+    assert main(["export-dialogs", "--data", location, "--out", str(out)]) == 0  # a URL keeps its "//"
+    assert read_caption_pairs(out) == [CaptionPair("b", "g", "longer sleeves"), CaptionPair("d", "g", "in blue")]
 
 
 def test_export_writes_pairs_to_the_final_pick_and_whole_dialogs(store: DialogStore, location: str,
