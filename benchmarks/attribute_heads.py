@@ -3,8 +3,8 @@
 On the real catalog: heads trained on the train split's image embeddings (from a trained backbone, features
 cached), the val split picks the epoch and fits each head's temperature, the test split is reported: top-1,
 colour-family accuracy (colour heads) and expected calibration error before / after temperature scaling. Three
-variants side by side: embedding only, colour heads reading the colour features (the default), every head
-reading them; plus the default's colour head with the colour features hidden (a bare photo vector).
+variants side by side: every head reading the colour features (the default), embedding only, only the colour
+heads reading them; plus the default's heads with the colour features hidden (a bare photo vector).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 
 from assistant.core.loaders import load_catalog
 from assistant.core.storage import atomic_write_text
-from assistant.vision.attributes import AttributeConfig, AttributePredictor
+from assistant.vision.attributes import AttributeConfig, AttributePredictor, is_colour_name
 from assistant.vision.backbone import BACKBONE_FILE, Backbone
 from assistant.vision.features import COLOUR_DIM, colour_features, compute_features
 from assistant.vision.preprocessing import decode_items
@@ -67,7 +67,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, required=True, help="a model directory with backbone.safetensors")
     parser.add_argument("--catalog", type=Path, default=DEFAULT_ROOT)
     parser.add_argument("--epochs", type=int, default=AttributeConfig.epochs)
-    parser.add_argument("--variants", default="embedding,colour_heads,all_heads")
+    parser.add_argument("--variants", default="all_heads,embedding,colour_heads")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results/attribute_heads.json")
     args = parser.parse_args()
@@ -81,38 +81,37 @@ def main() -> None:
     rows = {split: [catalog.index_of(i) for i in catalog.split(split).ids] for split in ("train", "val", "test")}
     base = AttributeConfig(epochs=args.epochs, device=args.device)
     names = catalog.attribute_names()
-    configs = {"embedding": dataclasses.replace(base, colour_features=False),
-               "colour_heads": base,
-               "all_heads": dataclasses.replace(base, colour_heads=names)}
-    variants = {}
-    for variant in args.variants.split(","):
-        began = time.perf_counter()
-        predictor = AttributePredictor.train(features.image, catalog, rows["train"], configs[variant],
-                                             rows_val=rows["val"], colour=features.colour)
-        variants[variant] = report_variant(predictor, features, catalog, rows["test"], time.perf_counter() - began)
-        if variant == "colour_heads":
-            hidden = predictor.evaluate(features.image, catalog, rows["test"])  # no colour features: a bare photo
-            variants[variant]["colour_hidden"] = {name: {"accuracy": round(r["accuracy"], 4),
-                                                         "ece": round(r["ece"], 4)}
-                                                  for name, r in hidden.items() if "colour_family_accuracy" in r}
-        print(variant, json.dumps(variants[variant]["attributes"].get("baseColour")), flush=True)
-    default = variants.get("colour_heads", {}).get("attributes", {})
-    targets = {name: {metric: {"target": target, "measured": default[name].get(metric),
-                               "met": (default[name].get(metric) or 0) <= target if metric == "ece"
-                               else (default[name].get(metric) or 0) >= target}
-                      for metric, target in wanted.items()}
-               for name, wanted in TARGETS.items() if name in default}
+    configs = {"all_heads": base, "embedding": dataclasses.replace(base, colour_features=False),
+               "colour_heads": dataclasses.replace(base, colour_heads=[n for n in names if is_colour_name(n)])}
     result = {"catalog": catalog.name, "items": len(catalog), "splits": {k: len(v) for k, v in rows.items()},
               "backbone": backbone.id, "model_dir": args.model.name, "colour_dim": COLOUR_DIM,
               "features_s": round(features_s, 1), "colour_timing": colour_seconds_per_1000(catalog,
                                                                                         backbone.image_size),
-              "config": dataclasses.asdict(base), "variants": variants, "targets_colour_heads": targets,
-              "machine": {"cpus": os.cpu_count(), "load_average_before": [round(x, 2) for x in load_before],
-                          "load_average_after": [round(x, 2) for x in os.getloadavg()],
-                          "note": "2 shared cores, loaded by other engineers' jobs and a model training run; "
-                                  "timings are upper bounds"}}
-    atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result["targets_colour_heads"], indent=2))
+              "config": dataclasses.asdict(base), "variants": {}}
+    for variant in args.variants.split(","):
+        began = time.perf_counter()
+        predictor = AttributePredictor.train(features.image, catalog, rows["train"], configs[variant],
+                                             rows_val=rows["val"], colour=features.colour)
+        report = report_variant(predictor, features, catalog, rows["test"], time.perf_counter() - began)
+        if variant == "all_heads":
+            hidden = predictor.evaluate(features.image, catalog, rows["test"])  # no colour features: a bare photo
+            report["colour_hidden"] = {name: {"accuracy": round(r["accuracy"], 4), "ece": round(r["ece"], 4)}
+                                       for name, r in hidden.items()}
+        result["variants"][variant] = report
+        default = result["variants"].get("all_heads", {}).get("attributes", {})
+        result["targets_default"] = {
+            name: {metric: {"target": target, "measured": default[name].get(metric),
+                            "met": (default[name].get(metric) or 0) <= target if metric == "ece"
+                            else (default[name].get(metric) or 0) >= target}
+                   for metric, target in wanted.items()}
+            for name, wanted in TARGETS.items() if name in default}
+        result["machine"] = {"cpus": os.cpu_count(), "load_average_before": [round(x, 2) for x in load_before],
+                             "load_average_after": [round(x, 2) for x in os.getloadavg()],
+                             "note": "2 shared cores, loaded by other engineers' jobs and a model training run; "
+                                     "timings are upper bounds"}
+        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")  # after each variant
+        print(variant, json.dumps(report["attributes"].get("baseColour")), flush=True)
+    print(json.dumps(result["targets_default"], indent=2))
 
 
 if __name__ == "__main__":

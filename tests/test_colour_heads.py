@@ -18,7 +18,16 @@ from assistant.vision.attributes import (
     expected_calibration_error,
     same_colour_family,
 )
-from assistant.vision.features import COLOUR_DIM, colour_features, image_lab
+from assistant.vision.features import (
+    COLOUR_DIM,
+    GREY_BINS,
+    HISTOGRAM,
+    MEAN_LAB,
+    PRESENT,
+    SHARE,
+    colour_features,
+    image_lab,
+)
 
 WHITE, RED, BLUE = (255, 255, 255), (200, 24, 32), (30, 60, 200)
 FAST = AttributeConfig(epochs=30, seed=0, device="cpu")
@@ -39,15 +48,16 @@ def test_a_red_shirt_on_white_reads_red_and_the_background_is_left_out() -> None
     assert features.shape == (3, COLOUR_DIM) and features.dtype == np.float32
     red, white, dark = features
     shirt_share = ((images[0] != WHITE).any(-1)).mean()
-    assert red[0] == 1.0 and red[1] == pytest.approx(shirt_share, abs=0.01)
-    lightness, a, b = red[2:5] * 100
+    assert red[PRESENT] == 1.0 and red[SHARE] == pytest.approx(shirt_share, abs=0.01)
+    lightness, a, b = red[MEAN_LAB] * 100
     assert a > 50 and b > 25 and 35 < lightness < 55  # the shirt's own Lab, no white mixed in
-    np.testing.assert_allclose(red[2:5] * 100, image_lab(np.array([[RED]], np.uint8))[0, 0], atol=1.5)
-    assert red[8:].sum() == pytest.approx(1.0, abs=1e-5) and red[8:13].sum() < 0.01  # no grey-bin (white) mass
+    np.testing.assert_allclose(red[MEAN_LAB] * 100, image_lab(np.array([[RED]], np.uint8))[0, 0], atol=1.5)
+    histogram = red[HISTOGRAM]
+    assert histogram.sum() == pytest.approx(1.0, abs=1e-5) and histogram[:GREY_BINS].sum() < 0.01  # no white mass
     # a white shirt on white leaves too few pixels: the whole image is the item, and it is white
-    assert white[1] < 0.03 and white[2] * 100 > 95 and abs(white[3] * 100) < 2
+    assert white[SHARE] < 0.03 and white[MEAN_LAB][0] * 100 > 95 and abs(white[MEAN_LAB][1] * 100) < 2
     # a dark backdrop is no product-photo background: every pixel counts, blue pulls b* down
-    assert dark[1] == 1.0 and dark[4] < -0.1
+    assert dark[SHARE] == 1.0 and dark[MEAN_LAB][2] < -0.1
 
 
 def test_colour_features_take_torch_batches_and_reject_other_shapes() -> None:
@@ -83,8 +93,11 @@ def test_colour_features_make_the_colour_head_better(demo) -> None:
     assert seen["colour"]["accuracy"] >= 0.9 and seen["colour"]["accuracy"] >= blind["colour"]["accuracy"] + 0.1, \
         (seen["colour"], blind["colour"])
     assert seen["colour"]["colour_family_accuracy"] >= seen["colour"]["accuracy"]
-    assert "colour_family_accuracy" not in seen["garment"]  # only colour heads; the garment head reads no colour
-    assert with_colour.model.sees_colour == [name == "colour" for name in with_colour.names]
+    assert "colour_family_accuracy" not in seen["garment"]  # a colour head's measure only
+    assert with_colour.model.sees_colour == [True] * len(with_colour.names)  # by default every head reads colour
+    only_colour = AttributePredictor.train(thumbnails, catalog, train, replace(FAST, epochs=8, colour_heads=["colour"]),
+                                           colour=colour)
+    assert only_colour.model.sees_colour == [name == "colour" for name in only_colour.names]
     # a bare photo vector (no colour features) still gets a prediction, as trained with hidden colour rows
     bare = with_colour.evaluate(thumbnails, catalog, test)
     assert bare["colour"]["accuracy"] >= bare["colour"]["majority_baseline"]
@@ -135,7 +148,7 @@ def test_saved_colour_heads_round_trip_and_files_from_before_colour_load(demo, t
     assert loaded.temperatures == predictor.temperatures and loaded.colour_dim == COLOUR_DIM
     for name, matrix in predictor.predict_proba(thumbnails[:50], colour[:50]).items():
         np.testing.assert_array_equal(matrix, loaded.predict_proba(thumbnails[:50], colour[:50])[name])
-    with pytest.raises(ValueError, match=r"colour features must be \(N, 49\)"):
+    with pytest.raises(ValueError, match=rf"colour features must be \(N, {COLOUR_DIM}\)"):
         loaded.predict(thumbnails[:5], colour[:5, :10])
 
     # a file as saved before colour features and calibration: no colour_features in its config, no temperatures

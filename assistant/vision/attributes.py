@@ -44,8 +44,8 @@ class AttributeConfig:
     threshold: float = 0.5  # a multi-label value is predicted when its probability reaches this
     seed: int = 0
     device: str = "auto"  # auto: cuda, then mps, then cpu
-    colour_features: bool = True  # colour heads also read the image's foreground colour features
-    colour_heads: list[str] | None = None  # heads that read them; None: those whose name says colour / color
+    colour_features: bool = True  # heads also read the image's foreground colour features
+    colour_heads: list[str] | None = None  # heads that read them; None: every head (it helps articleType too)
     colour_dropout: float = 0.1  # share of training rows whose colour features are hidden, as for a bare photo
 
     def __post_init__(self) -> None:
@@ -58,7 +58,7 @@ class AttributeConfig:
         """Whether the head of attribute `name` reads the colour features."""
         if not self.colour_features:
             return False
-        return name in self.colour_heads if self.colour_heads is not None else is_colour_name(name)
+        return self.colour_heads is None or name in self.colour_heads
 
 
 def is_colour_name(name: str) -> bool:

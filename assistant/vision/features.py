@@ -31,15 +31,20 @@ FEATURES_FORMAT = "fashion-assistant-features/2"  # /2 added the colour features
 OLD_FORMATS = ("fashion-assistant-features/1",)  # read, colour features recomputed from the images on first use
 KINDS = ("image", "text", "item")
 
-# Foreground colour features (`colour_features`), in CIELAB (the ICC profile's D50 white, 8-bit).
+# Foreground colour features (`colour_features`), in CIELAB (the ICC profile's D50 white, 8-bit). A change to how
+# they are measured that keeps COLOUR_DIM needs a new FEATURES_FORMAT; a change of COLOUR_DIM is noticed by itself.
 BACKGROUND_DELTA = 12.0  # Lab distance from the border colour within which a pixel is background
 PLAIN_BACKGROUND = (70.0, 15.0)  # a border colour counts as a backdrop when lighter than this L, below this chroma
 MIN_FOREGROUND = 0.03  # fewer foreground pixels than this share: the whole image is the item (a white shirt)
 ACHROMATIC = 10.0  # chroma below which a pixel is black / grey / white by its lightness
-GREY_BINS = 5  # lightness bins of achromatic pixels
-HUE_BINS, LIGHTNESS_EDGES = 12, (40.0, 70.0)  # chromatic pixels: hue sectors x lightness bands
+GREY_BINS = 8  # lightness bins of achromatic pixels
+HUE_BINS, LIGHTNESS_EDGES = 24, (30.0, 50.0, 70.0)  # chromatic pixels: hue sectors x lightness bands
 HISTOGRAM_BINS = GREY_BINS + HUE_BINS * (len(LIGHTNESS_EDGES) + 1)
-COLOUR_DIM = 8 + HISTOGRAM_BINS  # present, foreground share, mean Lab, border Lab, histogram
+# where each part sits in a colour feature row (Lab values / 100)
+PRESENT, SHARE, MEAN_LAB, CENTRE_LAB, SPREAD_LAB, BORDER_LAB = 0, 1, slice(2, 5), slice(5, 8), slice(8, 11), \
+    slice(11, 14)
+HISTOGRAM = slice(14, 14 + HISTOGRAM_BINS)
+COLOUR_DIM = 14 + HISTOGRAM_BINS
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +82,10 @@ class ItemFeatures:
                                  f"{vectors.shape}")
         if not self.image.shape == self.text.shape == self.item.shape:
             raise ValueError("image, text and item vectors must have the same shape")
-        if self.colour is not None and (self.colour.dtype != np.float32 or self.colour.shape != (len(self.ids),
-                                                                                                 COLOUR_DIM)):
-            raise ValueError(f"colour features must be float32 (N={len(self.ids)}, {COLOUR_DIM}); got "
-                             f"{self.colour.dtype} {self.colour.shape}")
+        if self.colour is not None and (self.colour.dtype != np.float32 or self.colour.ndim != 2
+                                        or len(self.colour) != len(self.ids)):
+            raise ValueError(f"colour features must be float32 (N={len(self.ids)}, C); got {self.colour.dtype} "
+                             f"{self.colour.shape}")
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -181,10 +186,10 @@ def colour_features(pixels: np.ndarray | torch.Tensor) -> np.ndarray:
 
     The background is the pixels within BACKGROUND_DELTA of the image's border colour (its median), when that is
     a plain light backdrop (a product photo on white); when fewer than MIN_FOREGROUND of the pixels are left (a
-    white item on white) the whole image counts. Per image, float32 (N, COLOUR_DIM): 1 (present; a failed
-    image's zero row has 0), the foreground share, the foreground's mean Lab and the border's Lab (both /100),
-    then a normalised histogram of the foreground: GREY_BINS lightness bins of achromatic pixels, then
-    HUE_BINS hue sectors x lightness bands of chromatic ones.
+    white item on white) the whole image counts. Per image, float32 (N, COLOUR_DIM), laid out as PRESENT (1; a
+    failed image's zero row has 0), SHARE (of foreground pixels), the foreground's mean Lab, the mean Lab of its
+    central half, its Lab standard deviation, the border's Lab, then HISTOGRAM, the foreground's share in
+    GREY_BINS lightness bins of achromatic pixels and HUE_BINS hue sectors x lightness bands of chromatic ones.
     """
     if isinstance(pixels, torch.Tensor):
         pixels = pixels.permute(0, 2, 3, 1).numpy() if pixels.ndim == 4 else pixels.numpy()
@@ -192,17 +197,22 @@ def colour_features(pixels: np.ndarray | torch.Tensor) -> np.ndarray:
         raise ValueError(f"colour_features needs uint8 images, numpy (N, H, W, 3) or torch (N, 3, H, W); got "
                          f"{pixels.dtype} {pixels.shape}")
     count, height, width, _ = pixels.shape
+    out = np.zeros((count, COLOUR_DIM), np.float32)
     if count == 0:
-        return np.zeros((0, COLOUR_DIM), np.float32)
+        return out
     lab = image_lab(pixels).reshape(count, height * width, 3)
-    edge = np.zeros((height, width), bool)
+    edge, centre = np.zeros((height, width), bool), np.zeros((height, width), bool)
     edge[[0, -1], :] = edge[:, [0, -1]] = True
+    centre[height // 4: height - height // 4, width // 4: width - width // 4] = True
     border = np.median(lab[:, edge.ravel()], axis=1)  # (N, 3)
     backdrop = (border[:, 0] > PLAIN_BACKGROUND[0]) & (np.hypot(border[:, 1], border[:, 2]) < PLAIN_BACKGROUND[1])
     foreground = (np.linalg.norm(lab - border[:, None], axis=-1) > BACKGROUND_DELTA) | ~backdrop[:, None]
     share = foreground.mean(axis=1)
     foreground[share < MIN_FOREGROUND] = True
+    central = foreground & centre.ravel()
+    central[~central.any(axis=1)] = True
     weights = foreground / foreground.sum(axis=1, keepdims=True)
+    mean = np.einsum("np,npc->nc", weights, lab)
     lightness, chroma = lab[..., 0], np.hypot(lab[..., 1], lab[..., 2])
     grey_bin = np.minimum((lightness * (GREY_BINS / 100.0)).astype(np.int64), GREY_BINS - 1)
     hue = ((np.arctan2(lab[..., 2], lab[..., 1]) + np.pi) * (HUE_BINS / (2 * np.pi))).astype(np.int64) % HUE_BINS
@@ -210,10 +220,13 @@ def colour_features(pixels: np.ndarray | torch.Tensor) -> np.ndarray:
     bins = np.where(chroma < ACHROMATIC, grey_bin, GREY_BINS + hue * (len(LIGHTNESS_EDGES) + 1) + band)
     offsets = np.arange(count)[:, None] * HISTOGRAM_BINS
     histogram = np.bincount((bins + offsets).ravel(), weights=weights.ravel(), minlength=count * HISTOGRAM_BINS)
-    mean = np.einsum("np,npc->nc", weights, lab)
-    return np.concatenate([np.ones((count, 1)), share[:, None], mean / 100.0, border / 100.0,
-                           histogram.reshape(count, HISTOGRAM_BINS)], axis=1).astype(np.float32)
-
+    out[:, PRESENT], out[:, SHARE] = 1.0, share
+    out[:, MEAN_LAB] = mean / 100.0
+    out[:, CENTRE_LAB] = np.einsum("np,npc->nc", central / central.sum(axis=1, keepdims=True), lab) / 100.0
+    out[:, SPREAD_LAB] = np.sqrt(np.einsum("np,npc->nc", weights, (lab - mean[:, None]) ** 2)) / 100.0
+    out[:, BORDER_LAB] = border / 100.0
+    out[:, HISTOGRAM] = histogram.reshape(count, HISTOGRAM_BINS)
+    return out
 
 
 def features_path(backbone: Backbone, catalog: Catalog) -> Path:
@@ -271,8 +284,8 @@ def _image_pass(backbone: Backbone, catalog: Catalog, batch_size: int, progress:
 def compute_features(backbone: Backbone, catalog: Catalog, batch_size: int = 512, cache: bool = True,
                      progress: bool = True) -> ItemFeatures:
     """All items' vectors and colour features: loaded from the cache when it is whole and matches, else computed
-    (and cached). A cached file of the older format without colour features gets them from one pass over the
-    images (no backbone) and is saved again.
+    (and cached). A cached file without (current) colour features, e.g. of the older format, gets them from one
+    pass over the images (no backbone) and is saved again.
 
     Images are decoded by a thread pool one batch ahead of the model. An image that cannot be decoded is
     reported (logged, and listed in `failed`) and gets a zero image vector and zero colour features; the item's
@@ -284,8 +297,8 @@ def compute_features(backbone: Backbone, catalog: Catalog, batch_size: int = 512
             features = ItemFeatures.load(path)
             if (features.ids == catalog.ids and features.backbone_id == backbone.id
                     and features.fingerprint == catalog.fingerprint and features.dim == backbone.dim):
-                if features.colour is None:
-                    log.info("%s has no colour features; measuring them from the images", path.name)
+                if features.colour is None or features.colour.shape[1] != COLOUR_DIM:
+                    log.info("%s has no (current) colour features; measuring them from the images", path.name)
                     _, colour, _ = _image_pass(backbone, catalog, batch_size, progress, encode=None)
                     features = dataclasses.replace(features, colour=colour)
                     features.save(path)
