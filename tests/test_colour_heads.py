@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -61,8 +62,6 @@ def test_a_red_shirt_on_white_reads_red_and_the_background_is_left_out() -> None
 
 
 def test_colour_features_take_torch_batches_and_reject_other_shapes() -> None:
-    import torch
-
     images = np.stack([shirt_on(WHITE, RED), shirt_on(WHITE, BLUE)])
     from_torch = colour_features(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())
     np.testing.assert_array_equal(from_torch, colour_features(images))
