@@ -86,10 +86,11 @@ class Assistant:
         predicted: set[tuple[str, str]] = set()
         probabilities: dict = {}
         if predictor is not None and any(set(predictor.names) - set(a) for a in attributes):
-            filled, predicted = predictor.fill_missing(catalog, features.image)
+            filled, predicted = predictor.fill_missing(catalog, features.image, features.colour)
             attributes = [dict(item.attributes) for item in filled]
             gaps = sorted({catalog.index_of(item_id) for item_id, _ in predicted})
-            for name, matrix in predictor.predict_proba(features.image[gaps]).items():
+            colour = None if features.colour is None else features.colour[gaps]
+            for name, matrix in predictor.predict_proba(features.image[gaps], colour).items():
                 rows = [i for i, row in enumerate(gaps) if (catalog.items[row].id, name) in predicted]
                 if rows and not predictor.head(name).multi_label:  # predicted labels count by their confidence
                     probabilities[name] = (np.asarray(gaps)[rows], predictor.head(name).values, matrix[rows])

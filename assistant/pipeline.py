@@ -124,14 +124,19 @@ class TrainingRun:
         return {"backbone_id": self._backbone.id}
 
     def stage_features(self) -> dict:
-        return {"items": len(self.features), "failed_images": len(self.features.failed)}
+        colour = self.features.colour
+        return {"items": len(self.features), "failed_images": len(self.features.failed),
+                "colour_features": 0 if colour is None else int(colour.shape[1])}
 
     def stage_attributes(self) -> dict:
+        """Heads trained on the train split, calibrated on val; the test report per attribute (accuracy, ECE,
+        colour family) is kept under `test_accuracy`, the name the metrics stage reads."""
+        features = self.features
         rows = {name: [self.catalog.index_of(i) for i in self.split(name).ids] for name in ("train", "val", "test")}
-        predictor = AttributePredictor.train(self.features.image, self.catalog, rows["train"],
-                                             self.config.attributes, rows_val=rows["val"])
+        predictor = AttributePredictor.train(features.image, self.catalog, rows["train"], self.config.attributes,
+                                             rows_val=rows["val"], colour=features.colour)
         predictor.save(self.out_dir / ATTRIBUTES_FILE)
-        return {"test_accuracy": predictor.evaluate(self.features.image, self.catalog, rows["test"])}
+        return {"test_accuracy": predictor.evaluate(features.image, self.catalog, rows["test"], features.colour)}
 
     def stage_simulator(self) -> dict:
         train_simulator(self.catalog, self.features, self.config.simulator, self.out_dir, resume=True,

@@ -1,7 +1,9 @@
-"""The feature cache: shapes and norms, loading instead of recomputing, damaged files and killed builds, bad images."""
+"""The feature cache: shapes and norms, colour features, loading instead of recomputing, older and damaged files,
+killed builds, bad images."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -11,12 +13,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from safetensors import safe_open
+from safetensors.numpy import save_file
 
 from assistant.core.catalog import Catalog, Item
 from assistant.core.loaders import load_generic
 from assistant.vision.backbone import Backbone, BackboneConfig, create_backbone
-from assistant.vision.features import FeatureCacheError, ItemFeatures, compute_features, features_path
-from assistant.vision.preprocessing import item_text
+from assistant.vision.features import (
+    COLOUR_DIM,
+    FeatureCacheError,
+    ItemFeatures,
+    colour_features,
+    compute_features,
+    features_for,
+    features_path,
+)
+from assistant.vision.preprocessing import decode_items, item_text
 
 
 @pytest.fixture(scope="module")
@@ -90,10 +102,35 @@ def test_unreadable_image_gets_a_zero_vector_and_is_reported(backbone: Backbone,
     assert "cannot read image broken.jpg" in features.failed["bad-1"] and "bad-1" in caplog.text
     for item_id in ("bad-1", "gone-2"):
         row = features.row(item_id)
-        assert not features.image[row].any()
+        assert not features.image[row].any() and not features.colour[row].any()
         np.testing.assert_allclose(np.linalg.norm(features.text[row]), 1.0, atol=1e-5)
         np.testing.assert_allclose(features.item[row], features.text[row], atol=1e-5)  # only its text is left
     assert np.allclose(np.linalg.norm(features.image[[0, 1, 3, 4, 5]], axis=1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(features.colour[[0, 1, 3, 4, 5], 0], 1.0)  # measured colour: `present` is 1
+
+
+def test_colour_features_come_with_the_vectors_and_an_older_cache_gains_them(backbone: Backbone,
+                                                                             catalog: Catalog) -> None:
+    small = catalog.subset(catalog.ids[:60], name="sixty")
+    features = compute_features(backbone, small, progress=False)
+    assert features.colour.shape == (60, COLOUR_DIM) and features.colour.dtype == np.float32
+    pixels, _ = decode_items(small, small.items, backbone.image_size)
+    np.testing.assert_array_equal(features.colour, colour_features(pixels))
+    half = features_for(features, small.subset(small.ids[10:40]))
+    np.testing.assert_array_equal(half.colour, features.colour[10:40])
+    # a file of the format before colour features (with marked vectors, to tell loading from recomputing)
+    path = features_path(backbone, small)
+    older = dataclasses.replace(features, image=-features.image, colour=None)
+    older.save(path)
+    with safe_open(str(path), "np") as handle:
+        meta = handle.metadata()
+    save_file({kind: getattr(older, kind) for kind in ("image", "text", "item")}, str(path),
+              metadata={**meta, "format": "fashion-assistant-features/1"})
+    assert ItemFeatures.load(path).colour is None
+    upgraded = compute_features(backbone, small, progress=False)
+    np.testing.assert_array_equal(upgraded.image, -features.image)  # the vectors were kept, not recomputed
+    np.testing.assert_array_equal(upgraded.colour, features.colour)
+    np.testing.assert_array_equal(ItemFeatures.load(path).colour, features.colour)  # saved with them now
 
 
 IMAGE_BAR = re.compile(r"image features:[^\r\n]*?(\d+)/(\d+)")
