@@ -165,3 +165,18 @@ def test_saved_colour_heads_round_trip_and_files_from_before_colour_load(demo, t
     np.testing.assert_array_equal(old.predict_proba(thumbnails[:20])["colour"],
                                   plain.predict_proba(thumbnails[:20])["colour"])
     assert old.predict(thumbnails[:3], colour[:3]) == plain.predict(thumbnails[:3])  # colour given, not read
+
+
+def test_an_uploaded_photo_is_read_with_its_colour(demo) -> None:
+    """The Dialog's photo path (RankingContext.photo -> predict_photo) gives the heads the photo's colour too."""
+    catalog, thumbnails, colour = demo
+    predictor = AttributePredictor.train(thumbnails, catalog, range(0, 400), FAST, colour=colour)
+    test = range(480, 600)
+    pixels = [torch.from_numpy(np.asarray(catalog.open_image(catalog.items[row]).convert("RGB"))).permute(2, 0, 1)[None]
+              for row in test]
+    photo = [predictor.predict_photo(thumbnails[row], pixels[i])["colour"] for i, row in enumerate(test)]
+    blind = [guess["colour"] for guess in predictor.predict(thumbnails[list(test)])]
+    truth = [catalog.items[row].attributes["colour"] for row in test]
+    photo_accuracy = np.mean([p == t for p, t in zip(photo, truth, strict=True)])
+    blind_accuracy = np.mean([b == t for b, t in zip(blind, truth, strict=True)])
+    assert photo_accuracy >= 0.9 and photo_accuracy >= blind_accuracy + 0.1, (photo_accuracy, blind_accuracy)

@@ -202,15 +202,18 @@ class RankingContext:
     catalog: Catalog
     ranker: Ranker
     image_vectors: np.ndarray  # (N, D) ItemFeatures.image, catalog order
-    backbone: Any = None  # encode_images(list[PIL.Image]) -> (n, D)
-    attribute_predictor: Any = None  # predict(embeddings) -> list[dict[str, str]]
+    backbone: Any = None  # encode_images(list[PIL.Image]) -> (n, D); pixels(list[PIL.Image]) -> uint8 (n, 3, H, W)
+    attribute_predictor: Any = None  # predict_photo(embedding, pixels) -> dict[str, str]
 
     def photo(self, image: Image.Image) -> ShownImage:
-        """An uploaded photo as a ShownImage (needs the backbone; attributes when a predictor is given)."""
+        """An uploaded photo as a ShownImage (needs the backbone; attributes, colour included, when a predictor
+        is given)."""
         if self.backbone is None:
             raise ValueError("starting from a photo needs the backbone, and this assistant was built without one")
-        vector = np.asarray(self.backbone.encode_images([image.convert("RGB")]), dtype=np.float32)[0]
-        attributes = self.attribute_predictor.predict(vector[None])[0] if self.attribute_predictor else {}
+        image = image.convert("RGB")
+        vector = np.asarray(self.backbone.encode_images([image]), dtype=np.float32)[0]
+        attributes = self.attribute_predictor.predict_photo(vector, self.backbone.pixels([image])) \
+            if self.attribute_predictor else {}
         return ShownImage(vector, dict(attributes))
 
     def look_alikes(self, vector: np.ndarray, k: int, exclude: set[int]) -> list[int]:

@@ -21,6 +21,7 @@ from assistant.core.catalog import Catalog
 from assistant.core.colours import describe_label
 from assistant.core.storage import atomic_write
 from assistant.core.training import load_module_weights, module_weights, resolve_device
+from assistant.vision.features import colour_features
 
 OTHER = "<other>"  # the class that single-valued values with fewer than `min_count` training items are folded into
 FILE_FORMAT = "fashion-assistant-attributes/1"
@@ -328,6 +329,12 @@ class AttributePredictor:
             for row, (item, best) in enumerate(zip(out, order, strict=True)):
                 item[head.name] = [(head.values[c], float(named[row, c])) for c in best]
         return out
+
+    def predict_photo(self, embedding: np.ndarray, pixels: torch.Tensor) -> dict[str, str]:
+        """One photo's attributes from its image vector and its pixels as the backbone takes them (uint8
+        (1, 3, H, W), letterboxed as the catalog's images are), whose foreground colour the heads also read."""
+        colour = colour_features(pixels) if self.config.colour_features else None
+        return self.predict(np.asarray(embedding, dtype=np.float32)[None], colour)[0]
 
     def predict(self, embeddings: np.ndarray, colour: np.ndarray | None = None) -> list[dict[str, str]]:
         """Per item, attribute name -> predicted value (never OTHER; multi-label values joined by ', ')."""
