@@ -71,10 +71,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ValueError("with --from, name the stages to re-run with --stages, not a stage to stop after")
         stages = [stage.strip() for stage in (args.stages or ",".join(FINE_TUNED)).split(",") if stage.strip()]
         manifest = fine_tune(args.from_dir, args.out, stages, dialogs=args.dialogs, catalog=catalog,
-                             config=args.config, resume=args.resume)
+                             config=args.config, resume=args.resume, fresh=args.fresh)
     else:
-        if args.stages:
-            raise ValueError("--stages re-runs stages of an existing model: use it with --from MODEL_DIR")
+        if args.stages or args.fresh:
+            raise ValueError("--stages and --fresh re-run stages of an existing model: use them with --from MODEL_DIR")
         stages = STAGES[: STAGES.index(args.stage) + 1] if args.stage else STAGES
         manifest = train(catalog, args.config or "demo", args.out, resume=args.resume, stages=stages,
                          dialogs=args.dialogs)
@@ -230,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="fine-tune: copy this model directory to --out and re-run only --stages there")
     train.add_argument("--stages", help="with --from: the stages to re-run, comma-separated (default "
                        f"{','.join(FINE_TUNED)}: both continue from their saved weights)")
+    train.add_argument("--fresh", action="store_true", help="with --from: train the re-run stages from scratch "
+                       "(e.g. with a changed --config section) instead of fine-tuning them")
     train.set_defaults(run=cmd_train)
 
     index = commands.add_parser("index", help="build (and cache) a catalog's features and index with a model")

@@ -205,10 +205,12 @@ def train(catalog: str | Catalog | None, config: str | Path, out_dir: str | Path
 
 def fine_tune(source: str | Path, out_dir: str | Path, stages: Sequence[str] = FINE_TUNED,
               dialogs: Sequence[str | Path] = (), catalog: str | Catalog | None = None,
-              config: str | Path | None = None, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+              config: str | Path | None = None, resume: bool = False, progress: bool = True,
+              fresh: bool = False) -> dict[str, Any]:
     """A copy of the model directory `source` in `out_dir` with only `stages` re-run, on the human pairs of
     `dialogs` too: the simulator and retriever continue from their saved weights (`finetune_steps`,
-    `finetune_epochs`), features and attribute heads are computed again. The other stages' files are kept
+    `finetune_epochs`), or train from scratch with `fresh` (an ablation, a changed section); features and
+    attribute heads are computed again. The other stages' files are kept
     as they are, so their config sections must not change; the held-out metrics are dropped unless `metrics`
     is among `stages`. A killed fine-tune continues with `resume`."""
     source, out_dir = Path(source), Path(out_dir)
@@ -235,7 +237,7 @@ def fine_tune(source: str | Path, out_dir: str | Path, stages: Sequence[str] = F
         raise ValueError(f"{source} was trained on another catalog (fingerprint {trained_on}, this one "
                          f"{catalog.fingerprint}): train a new model for it")
     run = TrainingRun(catalog, pipeline_config, out_dir, progress=progress,
-                      human_pairs=read_dialogs_pairs(dialogs), fine_tune=True)
+                      human_pairs=read_dialogs_pairs(dialogs), fine_tune=not fresh)
     if out_dir.exists() and not (resume and run.manifest_path.exists()):
         raise FileExistsError(f"{out_dir} exists: choose another --out (or pass --resume to continue a fine-tune)")
     if not out_dir.exists():
@@ -246,7 +248,7 @@ def fine_tune(source: str | Path, out_dir: str | Path, stages: Sequence[str] = F
         redone = set(stages) | {"metrics"}
         manifest["stages"] = {name: info for name, info in manifest["stages"].items() if name not in redone}
         manifest["run_key"] = run.run_key
-        manifest["fine_tuned_from"] = {"model": source.name, "stages": list(stages),
+        manifest["fine_tuned_from"] = {"model": source.name, "stages": list(stages), "fresh": fresh,
                                        "human_pairs": len(run.catalog.caption_pairs)}
         for stale in (METRICS_FILE, PLOT_FILE):
             (staging / stale).unlink(missing_ok=True)

@@ -18,6 +18,7 @@ from assistant.core.dialog import DialogState, Turn, target_ranks
 from assistant.core.loaders import load_catalog
 from assistant.model_dir import MANIFEST_FILE
 from assistant.pipeline import fine_tune, train
+from retriever.model import DialogRetriever
 from retriever.train import human_dialogs
 
 # Made-up colour words, as a shop's own customers might have (no shopper, lexicon or encoder knows them), and
@@ -125,3 +126,18 @@ def test_full_training_reads_the_dialogs(tmp_path: Path) -> None:
     simulator = json.loads((out / "simulator.json").read_text())
     assert simulator["training_run"]["triplets"] == 1500 + 50 * 4  # human pairs count human_repeats times
     shutil.rmtree(out)
+
+
+def test_fresh_retrains_a_stage_from_scratch_with_a_changed_section(demo_model_dir: Path, tmp_path: Path) -> None:
+    """What the ablation benchmark does: the retriever trained again without attribute tokens, the rest kept."""
+    config = yaml.safe_load((demo_model_dir / "config.yaml").read_text())
+    config["retriever"]["use_attributes"] = False
+    (tmp_path / "ablation.yaml").write_text(yaml.safe_dump(config))
+    out = tmp_path / "no-attributes"
+    manifest = fine_tune(demo_model_dir, out, stages=["retriever"], config=tmp_path / "ablation.yaml", fresh=True,
+                         progress=False)
+    assert manifest["stages"]["retriever"]["fine_tune"] is False and manifest["fine_tuned_from"]["fresh"]
+    assert not DialogRetriever.load(out / "retriever.safetensors").config.use_attributes
+    assert DialogRetriever.load(demo_model_dir / "retriever.safetensors").config.use_attributes
+    assert (out / "backbone.safetensors").read_bytes() == (demo_model_dir / "backbone.safetensors").read_bytes()
+    assert main(["train", "--out", str(tmp_path / "f"), "--fresh"]) != 0  # --fresh needs --from
