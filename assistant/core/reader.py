@@ -22,6 +22,7 @@ from assistant.core.catalog import vocabulary_of
 from assistant.core.colours import ColourSense
 from assistant.core.feedback import PUNCTUATION, STOP_WORDS, AttributeParser, attribute_kind, name_words, tokenize
 from assistant.core.lexicon import KIND_GLOSS, PEOPLE, PHRASES, audience, audience_credit
+from assistant.core.meaning import Matcher, cosine_matcher, shipped_matcher
 from assistant.core.negation import POST_CUES, PRE_CUES, negated_mentions
 from assistant.core.text_encoder import MINILM_NAME, local_text_source
 
@@ -39,6 +40,18 @@ thing things garment garments apparel style styles option options product produc
 CUE_WORDS = frozenset(word for cue in PRE_CUES + POST_CUES for word in cue)
 READING_CACHE = 4096
 PHRASE_CACHE = 20_000
+
+
+def residual_grams(tokens: list[str], taken: set[int]) -> list[tuple[int, int]]:
+    """(start, end) of the n-grams (up to MAX_NGRAM tokens, starting and ending on a content word) that no exact,
+    lexicon or colour reading took: what MiniLM reads."""
+    content = [i for i, t in enumerate(tokens) if i not in taken and t not in STOP_WORDS and t not in CUE_WORDS
+               and t not in PUNCTUATION and t.isalpha() and len(t) > 2 and t not in RELATIVE_WORDS
+               and t not in GENERIC_WORDS]
+    content_set = set(content)
+    return [(i, i + n) for i in content for n in range(1, MAX_NGRAM + 1)
+            if i + n - 1 in content_set and all(j not in taken and tokens[j] not in PUNCTUATION
+                                                for j in range(i, i + n))]
 
 
 class PhraseEncoder:
@@ -94,6 +107,18 @@ class Mention:
     how: str  # exact | lexicon | person | colour | semantic
 
 
+@dataclass(frozen=True)
+class Meaning:
+    """A text whose MiniLM vector a residual n-gram may match, and the values it stands for (attribute -> credit)."""
+
+    text: str
+    wanted: dict[str, dict[str, float]]
+
+    @property
+    def signature(self) -> frozenset[tuple[str, str]]:
+        return frozenset((n, v) for n, credits in self.wanted.items() for v, c in credits.items() if c >= 1.0)
+
+
 @dataclass
 class Reading:
     """What one message says: wanted values with credit, ruled-out values, relative colour moves, other words."""
@@ -134,7 +159,7 @@ class SemanticReader:
     """
 
     def __init__(self, vocabulary: Mapping[str, Iterable[str]], rows: Sequence[Mapping[str, str]] | None = None,
-                 semantic: bool = True, encoder: PhraseEncoder | None = None) -> None:
+                 semantic: bool = True, encoder: PhraseEncoder | None = None, matcher: Matcher | None = None) -> None:
         self.values = {name: [v for v in dict.fromkeys(values) if v] for name, values in vocabulary.items()}
         self.kinds = {name: attribute_kind(name) for name in self.values}
         self.parser = AttributeParser(self.values)
@@ -156,6 +181,8 @@ class SemanticReader:
             else {}
         self._readings: OrderedDict[str, Reading] = OrderedDict()
         self._descriptions: tuple[list[tuple[str, str]], np.ndarray] | None = None
+        self.matcher = matcher or shipped_matcher() or cosine_matcher(SEMANTIC_THRESHOLD)
+        self._meanings: tuple[list[Meaning], np.ndarray] | None = None
 
     @classmethod
     def from_catalog(cls, catalog, rows: Sequence[Mapping[str, str]] | None = None, **options) -> SemanticReader:
@@ -239,6 +266,45 @@ class SemanticReader:
             self._descriptions = keys, self.encoder.encode(texts) if texts else np.zeros((0, 384), np.float32)
         return self._descriptions
 
+    def meaning_bank(self) -> tuple[list[Meaning], np.ndarray]:
+        """What a residual n-gram may mean, with MiniLM vectors: every value's description (its words, the facet's
+        gloss, the attribute's name), its bare words, and every lexicon phrase and person word with the values the
+        lexicon reads from it (kNN by meaning over the reviewed lexicon: "stepdad" comes near "dad")."""
+        if self._meanings is None:
+            meanings: list[Meaning] = []
+            keys, _ = self._description_bank()
+            for name, value in keys:
+                for text in (f"{value.lower()}, {KIND_GLOSS.get(self.kinds[name], 'a product attribute')} "
+                             f"({name_words(name)})", value.lower()):
+                    meanings.append(Meaning(text, {name: {value: 1.0}}))
+            for key, (kind, alternatives) in self.phrases.items():
+                if kind in SEMANTIC_KINDS and (wanted := self.concept_values(kind, alternatives)):
+                    meanings.append(Meaning(" ".join(key), wanted))
+            for key, person in self.people.items():
+                if wanted := self._person_values(person):
+                    meanings.append(Meaning(" ".join(key), wanted))
+            vectors = self.encoder.encode([m.text for m in meanings]) if meanings else np.zeros((0, 384), np.float32)
+            self._meanings = meanings, vectors
+        return self._meanings
+
+    def match(self, phrases: list[str]) -> list[tuple[Meaning, float, float] | None]:
+        """Per phrase: its most probable meaning, that probability, and its logit margin over the best meaning that
+        names other values of the same attributes (None when there are no meanings)."""
+        meanings, bank = self.meaning_bank()
+        if not phrases or not meanings:
+            return [None] * len(phrases)
+        probabilities = self.matcher.probabilities(self.encoder.encode(phrases), bank)
+        logits = np.log(np.clip(probabilities, 1e-9, None)) - np.log(np.clip(1 - probabilities, 1e-9, None))
+        out: list[tuple[Meaning, float, float] | None] = []
+        for row, logit in zip(probabilities, logits, strict=True):
+            order = np.argsort(-row)
+            best = meanings[order[0]]
+            rival = next((j for j in order[1:] if meanings[j].signature != best.signature
+                          and meanings[j].wanted.keys() & best.wanted.keys()), None)
+            margin = float(logit[order[0]] - logit[rival]) if rival is not None else float("inf")
+            out.append((best, float(row[order[0]]), margin))
+        return out
+
     @property
     def encoder(self) -> PhraseEncoder:
         if self._encoder is None:
@@ -272,25 +338,20 @@ class SemanticReader:
 
     def _semantic(self, tokens: list[str], taken: set[int]) -> list[Mention]:
         """Mentions MiniLM finds among the words no other reading took (n-grams of up to MAX_NGRAM tokens)."""
-        content = [i for i, t in enumerate(tokens) if i not in taken and t not in STOP_WORDS and t not in CUE_WORDS
-                   and t not in PUNCTUATION and t.isalpha() and len(t) > 2 and t not in RELATIVE_WORDS
-                   and t not in GENERIC_WORDS]
-        if not content or not self.semantic:
+        grams = residual_grams(tokens, taken) if self.semantic else []
+        if not grams:
             return []
-        content_set = set(content)
-        grams = [(i, i + n) for i in content for n in range(1, MAX_NGRAM + 1)
-                 if i + n - 1 in content_set and all(j not in taken and tokens[j] not in PUNCTUATION
-                                                     for j in range(i, i + n))]
-        scored = self._scores([" ".join(tokens[a:b]) for a, b in grams])
-        accepted = sorted(((s[2], a, b, s) for (a, b), s in zip(grams, scored, strict=True)
-                           if s is not None and s[2] >= SEMANTIC_THRESHOLD and s[3] >= SEMANTIC_MARGIN), reverse=True)
+        scored = self.match([" ".join(tokens[a:b]) for a, b in grams])
+        accepted = sorted(((s[1], a, b, s[0]) for (a, b), s in zip(grams, scored, strict=True)
+                           if s is not None and s[1] >= self.matcher.threshold and s[2] >= self.matcher.margin),
+                          key=lambda x: x[0], reverse=True)
         used: set[int] = set()
         mentions = []
-        for _, a, b, (name, value, _, _) in accepted:
+        for _, a, b, meaning in accepted:
             if used.isdisjoint(range(a, b)):
                 used.update(range(a, b))
-                mentions.append(Mention(a, b, " ".join(tokens[a:b]), {name: {value: 1.0}}, {name: {value}},
-                                        "semantic"))
+                ruled = {n: {v for v, c in credits.items() if c >= 1.0} for n, credits in meaning.wanted.items()}
+                mentions.append(Mention(a, b, " ".join(tokens[a:b]), meaning.wanted, ruled, "semantic"))
         return mentions
 
     def mentions(self, tokens: list[str]) -> list[Mention]:
