@@ -129,5 +129,6 @@ def test_predicted_labels_count_by_their_confidence() -> None:
     penalty = constraints.penalties(_state("a red dress"))
     assert penalty[0] == 0  # labelled red dress
     assert 0 < penalty[5] < penalty[1]  # 0.9 red beats a labelled blue dress
+    assert penalty[5] < 1.0 < PENALTY  # a guess costs some score, not a place below every item that fits
     ruled = constraints.penalties(_state("a dress, not red"))
     assert ruled[1] == 0 and ruled[0] > ruled[5] > 0  # a 0.9-likely red dress is mostly ruled out
