@@ -1,6 +1,8 @@
 """Ablations of the dialog retriever, from one run: the trained model beside copies whose retriever is trained again
 from scratch without paraphrased answers, without the simulator's answers, without attribute tokens, or with the
-last turn only; each evaluated on the held-out split, the retriever alone and as the app ranks, per user.
+last turn only; each evaluated on the held-out split, the retriever alone and as the app ranks, per user. With
+`--epochs N` every row, the full recipe included, is a retriever trained again for N epochs, for a table that fits a
+shorter budget.
 
     python benchmarks/ablations.py --model models/fpi-cpu --catalog ../shared/data/fashion-product-images-small \
         --targets 1000 --json benchmarks/results/ablations_fpi_cpu.json
@@ -62,6 +64,7 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=5)
     parser.add_argument("--targets", type=int, default=1000)
     parser.add_argument("--only", help="comma-separated ablation names (default: all)")
+    parser.add_argument("--epochs", type=int, help="retrain every row, the full recipe too, for this many epochs")
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args()
     catalog = load_catalog(args.catalog)
@@ -69,12 +72,18 @@ def main() -> None:
     users = args.users.split(",")
     chosen = args.only.split(",") if args.only else list(ABLATIONS)
     started = time.time()
-    results = {"as trained": {"changes": {}, **evaluate(args.model, held_out, users, args.turns, args.targets)}}
+    rows = {name: ABLATIONS[name] for name in chosen}
+    results = {}
+    if args.epochs:
+        rows = {"full recipe": {}, **rows}
+        rows = {name: {**changes, "epochs": args.epochs} for name, changes in rows.items()}
+    else:
+        results["as trained"] = {"changes": {}, **evaluate(args.model, held_out, users, args.turns, args.targets)}
     with tempfile.TemporaryDirectory(prefix="ablations-") as work:
-        for name in chosen:
+        for name, changes in rows.items():
             begun = time.time()
-            model = ablated_model(args.model, ABLATIONS[name], Path(work), catalog)
-            results[name] = {"changes": ABLATIONS[name], "seconds": round(time.time() - begun, 1),
+            model = ablated_model(args.model, changes, Path(work), catalog)
+            results[name] = {"changes": changes, "seconds": round(time.time() - begun, 1),
                              **evaluate(model, held_out, users, args.turns, args.targets)}
             print(name, json.dumps(results[name]), flush=True)
     record = {"model": args.model.name, "catalog": catalog.name, "split": args.split, "targets": args.targets,
