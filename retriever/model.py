@@ -76,6 +76,10 @@ class RetrieverConfig:
     hard_negatives: int = 8  # top results of each rollout turn used as negatives
     random_negatives: int = 1024  # catalog items drawn per step as extra negatives
     human_repeats: int = 4  # times each logged human pair (`train --dialogs`) joins an epoch's dialogs
+    # Thin-catalog augmentation: each epoch this share of items reads with its colour, season, occasion and other
+    # labels unknown (only the kind of item and who it is for kept) and its title without colour words, so the
+    # retriever learns to see those facets in the image (0: off).
+    label_dropout: float = 0.0
     finetune_epochs: int = 1  # epochs of `train --from MODEL_DIR` (fine-tuning the saved weights)
     finetune_learning_rate: float = 3e-4
     seed: int = 0
@@ -91,7 +95,10 @@ class RetrieverConfig:
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
 
     def run_key(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k not in RUN_INDEPENDENT}
+        key = {k: v for k, v in asdict(self).items() if k not in RUN_INDEPENDENT}
+        if not self.label_dropout:  # runs from before the augmentation keep their key
+            del key["label_dropout"]
+        return key
 
 
 class AttributeVocabulary:

@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from assistant.core.catalog import CaptionPair, Catalog, Item, caption_pairs_digest
+from assistant.core.catalog import CaptionPair, Catalog, Item, caption_pairs_digest, thin_labels
 from assistant.core.dialog import DialogState, Turn, run_dialogs, seeded_rng
+from assistant.core.feedback import attribute_kind
 from assistant.core.storage import atomic_write_text
 from assistant.core.training import (
     Distributed,
@@ -122,6 +123,24 @@ def human_dialogs(catalog: Catalog, pairs: Sequence[CaptionPair]) -> tuple[list[
     return states, np.asarray([catalog.index_of(p.target) for p in kept], dtype=np.int64)
 
 
+def thin_item_inputs(retriever: DialogRetriever, catalog: Catalog, features,
+                     attributes: Sequence[dict[str, str]] | None) -> ItemInputs:
+    """The catalog's rows as a thin catalog has them: every label but the kind of item and who it is for unknown,
+    colour words out of the titles (the backbone's vectors stay: they were read from the full catalog)."""
+    names = [name for name in catalog.attribute_names() if attribute_kind(name) not in ("category", "gender")]
+    rows = attributes if attributes is not None else [item.attributes for item in catalog]
+    kept = [{name: value for name, value in row.items() if name not in names} for row in rows]
+    return retriever.item_inputs(thin_labels(catalog, names), features, kept)
+
+
+def mixed_item_inputs(items: ItemInputs, thin: ItemInputs, rows: np.ndarray) -> ItemInputs:
+    """`items` with the rows where `rows` is True read from `thin` instead."""
+    chosen = torch.from_numpy(rows)
+    return ItemInputs(items.image, items.text, items.item,
+                      torch.where(chosen[:, None], thin.attributes, items.attributes),
+                      torch.where(chosen[:, None], thin.title, items.title))
+
+
 def contrastive_loss(network, retriever: DialogRetriever, items: ItemInputs, states: Sequence[DialogState],
                      targets: np.ndarray, candidate_pool: np.ndarray, device: torch.device, ranks: Distributed,
                      precision: MixedPrecision) -> tuple[torch.Tensor, int]:
@@ -203,7 +222,8 @@ def _train(catalog: Catalog, features, user: Any, config: RetrieverConfig, out_d
         state_path = out_dir / FINETUNE_STATE_FILE
     retriever.network.to(device)
     human_states, human_targets = human_dialogs(catalog, human_pairs)
-    items = retriever.item_inputs(catalog, features, attributes)
+    full_items = retriever.item_inputs(catalog, features, attributes)
+    thin_items = thin_item_inputs(retriever, catalog, features, attributes) if config.label_dropout else None
     decay = [p for n, p in retriever.network.named_parameters() if p.ndim > 1 and "embedding" not in n]
     no_decay = [p for n, p in retriever.network.named_parameters() if not (p.ndim > 1 and "embedding" not in n)]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
@@ -226,6 +246,8 @@ def _train(catalog: Catalog, features, user: Any, config: RetrieverConfig, out_d
         started = time.time()
         rng = np.random.default_rng([config.seed, epoch] + ([1] if start_from is not None else []))
         targets = rng.integers(0, len(catalog), config.dialogs_per_epoch)
+        items = full_items if thin_items is None else \
+            mixed_item_inputs(full_items, thin_items, rng.random(len(catalog)) < config.label_dropout)
         if epoch < config.random_shown_epochs and start_from is None:
             ranker: Any = RandomRanker(len(catalog), seed=config.seed + epoch)
         else:

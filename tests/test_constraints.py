@@ -132,3 +132,20 @@ def test_predicted_labels_count_by_their_confidence() -> None:
     assert penalty[5] < 1.0 < PENALTY  # a guess costs some score, not a place below every item that fits
     ruled = constraints.penalties(_state("a dress, not red"))
     assert ruled[1] == 0 and ruled[0] > ruled[5] > 0  # a 0.9-likely red dress is mostly ruled out
+
+
+def test_a_ruled_out_values_probability_costs_the_ruled_weight() -> None:
+    catalog = _shop()
+    rows = [dict(item.attributes) for item in catalog]
+    values = ["Red", "Blue", "Black"]
+    probabilities = {"baseColour": (np.array([5, 9]), values, np.array([[0.9, 0.05, 0.05], [0.5, 0.1, 0.4]]))}
+    mild = FeedbackConstraints(catalog, rows, probabilities, ruled_weight=1.0)
+    strict = FeedbackConstraints(catalog, rows, probabilities, ruled_weight=10.0)
+    state = _state("a dress, not red")
+    extra = strict.penalties(state) - mild.penalties(state)
+    # only the predicted rows pay more: the colour priority x the head's probability of red x the weight's change
+    np.testing.assert_allclose(extra[[5, 9]], [PRIORITY["colour"] * 0.9 * 9.0, PRIORITY["colour"] * 0.5 * 9.0],
+                               rtol=1e-5)
+    assert not np.delete(extra, [5, 9]).any()
+    # asking for a colour has no ruled-out value: both weigh a shortfall alike
+    np.testing.assert_array_equal(strict.penalties(_state("a red dress")), mild.penalties(_state("a red dress")))

@@ -26,6 +26,7 @@ from retriever.evaluate import evaluate, model_ranker, standard_systems
 from retriever.model import (
     ATTRIBUTE,
     IMAGE,
+    MAX_TITLE_PIECES,
     NO_ITEM,
     TEXT,
     DialogRetriever,
@@ -33,7 +34,13 @@ from retriever.model import (
     RetrieverRanker,
 )
 from retriever.text import FeedbackTextEncoder
-from retriever.train import RETRIEVER_FILE, TRAIN_LOG_FILE, train_retriever
+from retriever.train import (
+    RETRIEVER_FILE,
+    TRAIN_LOG_FILE,
+    mixed_item_inputs,
+    thin_item_inputs,
+    train_retriever,
+)
 from simulator.template_user import TemplateUser
 
 TINY = {"width": 32, "layers": 1, "heads": 2, "feedforward": 64, "dropout": 0.0, "text_mode": "static",
@@ -242,3 +249,27 @@ def test_rollouts_use_the_retrievers_top_item(demo: Catalog, features: ItemFeatu
             expected = ranker.rank([DialogState(state.turns[: state.turns.index(before) + 1])], 1,
                                    [{t.shown for t in state.turns[: state.turns.index(before) + 1]}])[0, 0]
             assert after.shown == expected == before.results[0]
+
+
+def test_label_dropout_hides_all_but_kind_and_person_in_the_chosen_rows(
+        tmp_path: Path, demo: Catalog, features: ItemFeatures, retriever: DialogRetriever) -> None:
+    full = retriever.item_inputs(demo, features)
+    thin = thin_item_inputs(retriever, demo, features, None)
+    names = retriever.vocabulary.names
+    for column, name in enumerate(names):
+        if name in ("garment", "gender"):
+            assert torch.equal(thin.attributes[:, column], full.attributes[:, column])
+        else:
+            assert (thin.attributes[:, column] == retriever.vocabulary.unknown[name]).all()
+    assert not torch.equal(thin.title, full.title)  # "White floral ... dress" loses "white"
+    assert retriever.text.pieces([demo.items[0].title.replace("White ", "")], MAX_TITLE_PIECES)[0].tolist() == \
+        thin.title[0][thin.title[0] > 0].tolist()
+    rows = np.arange(len(demo)) % 3 == 0
+    mixed = mixed_item_inputs(full, thin, rows)
+    assert torch.equal(mixed.attributes[rows], thin.attributes[rows])
+    assert torch.equal(mixed.attributes[~rows], full.attributes[~rows])
+    assert torch.equal(mixed.title[~rows], full.title[~rows]) and mixed.image is full.image
+    config = RetrieverConfig(**{**TINY, "epochs": 1, "label_dropout": 0.5})
+    assert "label_dropout" in config.run_key() and "label_dropout" not in RetrieverConfig(**TINY).run_key()
+    train_retriever(demo, features, TemplateUser(demo, seed=1), config, tmp_path)
+    assert np.isfinite(_losses(tmp_path)).all()

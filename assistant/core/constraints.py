@@ -26,6 +26,9 @@ FIT_TOLERANCE = 1e-4  # a shortfall below this counts as fitting
 # material (request benchmark dev half and 300 template dialogs, thin labels): 0.25 / 0.5 / 1 / 2 gave
 # precision@12 0.870 / 0.885 / 0.903 / 0.911 and success@10 at turn 5 0.957 / 0.950 / 0.903 / 0.853.
 PREDICTED_WEIGHT = 1.0
+# The part of a predicted shortfall that is the head's probability of a value the shopper ruled out costs this much
+# instead: a shopper who said "anything but red" is let down more by a red item on the page than by a missed fit.
+RULED_WEIGHT = PREDICTED_WEIGHT
 
 
 class FeedbackReader:
@@ -81,12 +84,13 @@ class FeedbackConstraints:
     `attributes` (one dict per catalog row) may hold predicted values for items without labels; `probabilities`
     (attribute -> (rows, the head's values, row x value probabilities)) makes those rows count by confidence:
     their credit is the expected credit under the attribute head, and their shortfall costs PREDICTED_WEIGHT per
-    priority unit of score, not a tier below the items that fit. An item with no value earns no credit.
+    priority unit of score, not a tier below the items that fit (RULED_WEIGHT for the probability of a ruled-out
+    value). An item with no value earns no credit.
     """
 
     def __init__(self, catalog: Catalog, attributes: Sequence[Mapping[str, str]] | None = None,
                  probabilities: Probabilities | None = None, reader: SemanticReader | None = None,
-                 predicted_weight: float = PREDICTED_WEIGHT) -> None:
+                 predicted_weight: float = PREDICTED_WEIGHT, ruled_weight: float = RULED_WEIGHT) -> None:
         rows = attributes if attributes is not None else [item.attributes for item in catalog]
         # the values to read the words into are those of the rows, predicted ones included: a thin catalog with
         # no colour labels still has predicted colours to rank by
@@ -108,7 +112,7 @@ class FeedbackConstraints:
                                    np.asarray(matrix, dtype=np.float32))
                 self.predicted[name] = np.zeros(self.size, dtype=bool)
                 self.predicted[name][self.soft[name][0]] = True
-        self.predicted_weight = predicted_weight
+        self.predicted_weight, self.ruled_weight = predicted_weight, ruled_weight
 
     def _credits(self, name: str, wanted: Mapping[str, float] | None, ruled: set[str],
                  rows: np.ndarray | None) -> np.ndarray:
@@ -134,33 +138,50 @@ class FeedbackConstraints:
                     credits[at] = expected[source]
         return credits
 
+    def _ruled_mass(self, name: str, ruled: set[str], rows: np.ndarray | None) -> np.ndarray:
+        """Per row, the attribute head's probability that the item has a ruled-out value (0 on labelled rows)."""
+        mass = np.zeros(self.size if rows is None else len(rows), dtype=np.float32)
+        if name not in self.soft or not ruled:
+            return mass
+        predicted_rows, values, matrix = self.soft[name]
+        by_row = np.zeros(self.size, dtype=np.float32)
+        by_row[predicted_rows] = matrix @ np.array([value in ruled for value in values], dtype=np.float32)
+        return by_row if rows is None else by_row[rows]
+
     def shortfalls(self, state: DialogState, rows: Sequence[int] | None = None) -> dict[str, np.ndarray]:
         """Attribute -> per row 1 - credit, for every attribute the dialog constrains."""
         wanted, ruled_out = self.reader.constraints(state)
-        chosen = None if rows is None else np.asarray(rows, dtype=np.int64)
-        return {name: 1.0 - self._credits(name, wanted.get(name), ruled_out.get(name, set()), chosen)
+        return self._shortfalls(wanted, ruled_out, None if rows is None else np.asarray(rows, dtype=np.int64))
+
+    def _shortfalls(self, wanted: Mapping[str, Mapping[str, float]], ruled_out: Mapping[str, set[str]],
+                    rows: np.ndarray | None) -> dict[str, np.ndarray]:
+        return {name: 1.0 - self._credits(name, wanted.get(name), ruled_out.get(name, set()), rows)
                 for name in self.codes.keys() & (wanted.keys() | ruled_out.keys())}
 
     def penalties(self, state: DialogState, rows: Sequence[int] | None = None) -> np.ndarray | None:
         """Per row (all catalog rows when None) the penalty to subtract: 0 when it fits everything, else
-        PENALTY x (1 + priority-weighted shortfalls); None when the dialog set no constraint."""
-        shortfalls = self.shortfalls(state, rows)
+        PENALTY x (1 + priority-weighted shortfalls) for labels, plus the weighted shortfalls of predicted values;
+        None when the dialog set no constraint."""
+        wanted, ruled_out = self.reader.constraints(state)
+        chosen = None if rows is None else np.asarray(rows, dtype=np.int64)
+        shortfalls = self._shortfalls(wanted, ruled_out, chosen)
         if not shortfalls:
             return None
         labelled = np.zeros(len(next(iter(shortfalls.values()))), dtype=np.float32)
         guessed = np.zeros_like(labelled)
         for name, short in shortfalls.items():
-            predicted = self.predicted.get(name)
-            if predicted is not None and rows is not None:
-                predicted = predicted[np.asarray(rows, dtype=np.int64)]
             weighted = facet_priority(name) * short
+            predicted = self.predicted.get(name)
             if predicted is None:
                 labelled += weighted
-            else:
-                labelled += np.where(predicted, 0.0, weighted)
-                guessed += np.where(predicted, weighted, 0.0)
+                continue
+            if chosen is not None:
+                predicted = predicted[chosen]
+            ruled = facet_priority(name) * self._ruled_mass(name, ruled_out.get(name, set()), chosen)
+            labelled += np.where(predicted, 0.0, weighted)
+            guessed += np.where(predicted, self.predicted_weight * (weighted - ruled) + self.ruled_weight * ruled, 0.0)
         tier = np.where(labelled > FIT_TOLERANCE, PENALTY * (1.0 + labelled), 0.0)
-        return (tier + self.predicted_weight * guessed).astype(np.float32)
+        return (tier + guessed).astype(np.float32)
 
     def mismatches(self, state: DialogState) -> np.ndarray | None:
         """Per catalog row, how many constrained attributes it falls short of (None: the dialog set none)."""
