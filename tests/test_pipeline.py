@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -14,7 +15,9 @@ from pathlib import Path
 import pytest
 
 from assistant.core.config import STAGES
-from assistant.pipeline import MANIFEST_FILE, METRICS_FILE, PLOT_FILE, train
+from assistant.core.loaders import load_catalog
+from assistant.model_dir import PipelineConfig
+from assistant.pipeline import MANIFEST_FILE, METRICS_FILE, PLOT_FILE, TrainingRun, train
 from retriever.train import RETRIEVER_FILE, TRAIN_LOG_FILE
 
 REPO = Path(__file__).resolve().parent.parent
@@ -86,3 +89,10 @@ def test_metrics_stage_reports_rising_dialog_curves_and_both_simulator_decodings
     assert learnt["rank_percentile"][-1] > learnt["rank_percentile"][0] + 5
     assert model["rank_percentile"][-1] >= model["rank_percentile"][0]
     assert model["recall@10"][-1] >= learnt["recall@10"][-1] > random["recall@10"][-1] + 0.15
+
+
+def test_a_model_directory_from_before_label_dropout_keeps_its_run_key(tmp_path: Path) -> None:
+    catalog, config = load_catalog("demo:300"), PipelineConfig.load(Path(__file__).parent / "tiny.yaml")
+    assert "label_dropout" not in TrainingRun(catalog, config, tmp_path).run_key["config"]["retriever"]
+    on = dataclasses.replace(config, retriever=dataclasses.replace(config.retriever, label_dropout=0.3))
+    assert TrainingRun(catalog, on, tmp_path).run_key["config"]["retriever"]["label_dropout"] == 0.3
