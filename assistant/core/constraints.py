@@ -26,9 +26,9 @@ FIT_TOLERANCE = 1e-4  # a shortfall below this counts as fitting
 # is the head's probability of a value the shopper ruled out costs RULED_WEIGHT instead. Chosen on dev material
 # only (benchmarks/constraint_weights.py, thin labels: the request benchmark's dev half, 300 val dialogs per
 # shopper): predicted 1 / 0.5 / 0.25 gave precision@12 0.887 / 0.876 / 0.864 and template success@10 at turn 5
-# 0.927 / 0.967 / 0.967 (paraphrase shopper 0.857 / 0.910 / 0.940); a ruled-out value weighing 3x cleans more
-# negation pages (0.875 vs 0.688) but costs dialogs (template 0.910, paraphrase 0.850), as the template shopper's
-# "not like this one" rules out the shown colour, which a target the head is unsure of may share.
+# 0.927 / 0.967 / 0.967 (paraphrase shopper 0.857 / 0.910 / 0.940); a ruled-out value's probability at weight 3
+# cleans more negation pages (0.875 vs 0.688) but costs dialogs (template 0.910, paraphrase 0.850), as the template
+# shopper's "not like this one" rules out the shown colour, which a target the head is unsure of may share.
 PREDICTED_WEIGHT = 0.5
 RULED_WEIGHT = PREDICTED_WEIGHT
 
