@@ -50,13 +50,15 @@ def ablated_model(source: Path, changes: dict, work: Path, catalog) -> Path:
     return out
 
 
-def evaluate(model_dir: Path, held_out: dict[str, tuple[Catalog, list[str]]], turns: int, targets: int) -> dict:
-    """success@10 per turn of each system, per catalog (labelled, thin) and user ("user" or "user thin")."""
+def evaluate(model_dir: Path, held_out: dict[str, tuple[Catalog, list[str]]], truth: Catalog, turns: int,
+             targets: int) -> dict:
+    """success@10 per turn of each system, per catalog (labelled, thin) and user ("user" or "user thin"); the users
+    answer from `truth`, the split with all its labels."""
     results = {}
     for suffix, (catalog, users) in held_out.items():
         assistant = Assistant.load(model_dir, catalog, progress=False)
         for user in users:
-            systems = assistant.evaluate(user, turns=turns, targets=targets)["systems"]
+            systems = assistant.evaluate(user, turns=turns, targets=targets, truth=truth)["systems"]
             results[user + suffix] = {name: systems[name]["success@10"] for name in SYSTEMS if name in systems}
     return results
 
@@ -88,13 +90,13 @@ def main() -> None:
         rows = {"full recipe": {}, **rows}
         rows = {name: {**changes, "epochs": args.epochs} for name, changes in rows.items()}
     else:
-        results["as trained"] = {"changes": {}, **evaluate(args.model, held_out, args.turns, args.targets)}
+        results["as trained"] = {"changes": {}, **evaluate(args.model, held_out, labelled, args.turns, args.targets)}
     with tempfile.TemporaryDirectory(prefix="ablations-") as work:
         for name, changes in rows.items():
             begun = time.time()
             model = ablated_model(args.model, changes, Path(work), catalog)
             results[name] = {"changes": changes, "seconds": round(time.time() - begun, 1),
-                             **evaluate(model, held_out, args.turns, args.targets)}
+                             **evaluate(model, held_out, labelled, args.turns, args.targets)}
             print(name, json.dumps(results[name]), flush=True)
     record = {"model": args.model.name, "catalog": catalog.name, "split": args.split, "targets": args.targets,
               "turns": args.turns, "thin_labels": args.thin_labels, "metric": "success@10 per turn", "results": results,
