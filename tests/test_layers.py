@@ -32,3 +32,13 @@ def test_a_base_module_importing_the_retriever_breaks_the_layers_contract(tmp_pa
     assert broken.returncode != 0
     assert "assistant.core.layer_probe -> retriever.model" in broken.stdout
     assert "1 kept, 1 broken" in broken.stdout
+
+
+def test_the_public_api_imports_from_the_package_root() -> None:
+    code = ("import sys; from assistant import load_catalog; "
+            "print(len(load_catalog('demo:50')), 'torch' in sys.modules); "
+            "from assistant import Assistant, load_catalog; print(Assistant.__name__, 'torch' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    # the catalog alone loads no torch; the model stack comes with `Assistant`
+    assert run.stdout.split() == ["50", "False", "Assistant", "True"]
