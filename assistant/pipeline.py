@@ -55,10 +55,8 @@ class TrainingRun:
             catalog = catalog.with_caption_pairs(human_pairs)
         self.catalog, self.config, self.out_dir, self.progress = catalog, config, Path(out_dir), progress
         self.fine_tune = fine_tune  # simulator and retriever continue from the weights already in out_dir
-        config_key = config.as_dict()
-        if not config.retriever.label_dropout:  # runs from before the augmentation keep their key
-            del config_key["retriever"]["label_dropout"]
-        self.run_key: dict[str, Any] = {"catalog": catalog.fingerprint, "config": config_key}
+        self.run_key: dict[str, Any] = {"catalog": catalog.fingerprint,
+                                        "config": {**config.as_dict(), "retriever": config.retriever.keyed()}}
         if human_pairs:
             self.run_key["human_pairs"] = caption_pairs_digest(human_pairs)
         self.manifest: dict[str, Any] = {"run_key": self.run_key, "stages": {}}

@@ -42,6 +42,10 @@ CANDIDATES = 100  # candidate rows from each source: the index's nearest, BM25's
 SCORE_ALL_FITTING = 20_000  # up to this many rows fitting the constraints are all scored, not searched for
 
 
+# Fields added after models were trained, with the default that leaves them out of a run's key.
+ADDED_LATER = {"label_dropout": 0.0}
+
+
 @dataclass
 class RetrieverConfig:
     """The `retriever:` config section, saved beside the weights: network shape, simulated dialogs, optimisation,
@@ -94,11 +98,13 @@ class RetrieverConfig:
         if self.width % self.heads:
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
 
+    def keyed(self) -> dict[str, Any]:
+        """The fields as a run's key holds them: fields added later are left out while at their default, so
+        model directories trained before them keep their key."""
+        return {k: v for k, v in asdict(self).items() if ADDED_LATER.get(k, object()) != v}
+
     def run_key(self) -> dict[str, Any]:
-        key = {k: v for k, v in asdict(self).items() if k not in RUN_INDEPENDENT}
-        if not self.label_dropout:  # runs from before the augmentation keep their key
-            del key["label_dropout"]
-        return key
+        return {k: v for k, v in self.keyed().items() if k not in RUN_INDEPENDENT}
 
 
 class AttributeVocabulary:

@@ -142,9 +142,8 @@ class FeedbackConstraints:
 
     def _ruled_mass(self, name: str, ruled: set[str], rows: np.ndarray | None) -> np.ndarray:
         """Per row, the attribute head's probability that the item has a ruled-out value (0 on labelled rows)."""
-        mass = np.zeros(self.size if rows is None else len(rows), dtype=np.float32)
         if name not in self.soft or not ruled:
-            return mass
+            return np.zeros(self.size if rows is None else len(rows), dtype=np.float32)
         predicted_rows, values, matrix = self.soft[name]
         by_row = np.zeros(self.size, dtype=np.float32)
         by_row[predicted_rows] = matrix @ np.array([value in ruled for value in values], dtype=np.float32)
