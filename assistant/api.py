@@ -104,6 +104,13 @@ class Assistant:
         """A new dialog for one shopper."""
         return Dialog(self.context(), page_size=page_size)
 
+    def warm_up(self) -> None:
+        """One throwaway dialog, so the lazily built parts (the reader's meaning bank, the text encoders) are
+        ready before a server's first shoppers arrive, many at once."""
+        dialog = self.dialog()
+        dialog.start(text="a shirt")
+        dialog.reply("in blue")
+
     def user(self, spec: str = "template", seed: int = 0, catalog: Catalog | None = None) -> User:
         """A simulated shopper: `template`, `simulator` (the trained one in the model dir) or `module:function`,
         answering about `catalog`'s items (default this assistant's; the full-label original of a thinned one)."""

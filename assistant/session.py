@@ -6,10 +6,14 @@ from __future__ import annotations
 import logging
 import os
 import random
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+import faiss
+import torch
 from PIL import Image
+from threadpoolctl import threadpool_limits
 
 from assistant.core.catalog import Item
 from assistant.core.dialog import PAGE_SIZE, ShownImage
@@ -17,6 +21,24 @@ from assistant.core.messages import EMPTY_MESSAGE_PROMPT, clean_message, open_up
 from assistant.core.store import DialogStore, StoredTurn, TurnConflict, new_session_id
 
 log = logging.getLogger(__name__)
+
+
+_thread_settings = threading.local()
+
+
+def turn_threads(count: int) -> None:
+    """Rank the turns this thread plays with `count` torch, faiss and BLAS threads.
+
+    A turn is too small to gain from more, and a server plays many at once: with the libraries' defaults (every
+    core) the OpenBLAS workers that numpy calls from 32 request threads spin against each other, which on 2 cores
+    made 32 concurrent API turns 10x slower. OpenMP (torch, faiss) keeps its setting per thread, so each thread
+    sets it; the BLAS limit holds for the whole process.
+    """
+    if getattr(_thread_settings, "count", None) != count:
+        torch.set_num_threads(count)
+        faiss.omp_set_num_threads(count)
+        threadpool_limits(count, user_api="blas")
+        _thread_settings.count = count
 
 
 class ForeignDialog(ValueError):
@@ -39,7 +61,8 @@ class ShoppingSession:
     `results` are the items on show; `reference` is the item the next message talks about: the one the shopper
     clicked, else the top result. Each turn is stored (when a store is given) before its results are returned,
     with what it needs to be played again: the dialog loop is deterministic given the turns, so `resume` on any
-    process rebuilds the same dialog, and `catch_up` plays the turns another process stored since.
+    process rebuilds the same dialog, and `catch_up` plays the turns another process stored since. Its turns
+    rank with `threads` torch threads in whichever thread plays them (a turn is too small to gain from more).
     """
 
     assistant: Any
@@ -53,13 +76,14 @@ class ShoppingSession:
     picked: Item | None = None
     understood: dict[str, str] = field(default_factory=dict)
     turns: int = 0
+    threads: int = 1
 
     def __post_init__(self) -> None:
         if not self.results:
             self.results = self.browse_items()
 
     @classmethod
-    def resume(cls, assistant: Any, store: DialogStore, session_id: str) -> ShoppingSession | None:
+    def resume(cls, assistant: Any, store: DialogStore, session_id: str, threads: int = 1) -> ShoppingSession | None:
         """The stored session rebuilt by playing its turns again, or None when nothing of it is stored.
 
         ForeignDialog when it was held over another catalog.
@@ -71,7 +95,7 @@ class ShoppingSession:
         if stored.catalog and fingerprint and stored.catalog != fingerprint:
             raise ForeignDialog(f"dialog {session_id} was held over another catalog ({stored.catalog}, "
                                 f"this one is {fingerprint})")
-        session = cls(assistant, store, id=session_id)
+        session = cls(assistant, store, id=session_id, threads=threads)
         for turn in stored.turns:
             session._replay(turn)
         if stored.final_pick and stored.final_pick in assistant.catalog:
@@ -134,13 +158,15 @@ class ShoppingSession:
         self.clicked = None
 
     def _rebuild(self) -> None:
-        stored = ShoppingSession.resume(self.assistant, self.store, self.id) if self.store is not None else None
-        fresh = stored or ShoppingSession(self.assistant, self.store, self.page_size, self.id)
+        stored = ShoppingSession.resume(self.assistant, self.store, self.id, self.threads) \
+            if self.store is not None else None
+        fresh = stored or ShoppingSession(self.assistant, self.store, self.page_size, self.id, threads=self.threads)
         for name in ("dialog", "results", "clicked", "photo_image", "picked", "understood", "turns"):
             setattr(self, name, getattr(fresh, name))
 
     def _replay(self, turn: StoredTurn) -> None:
         """Play one stored turn again exactly as it was first played (nothing is stored again)."""
+        turn_threads(self.threads)
         store, self.store = self.store, None
         try:
             if turn.kind == "feedback":
@@ -166,6 +192,7 @@ class ShoppingSession:
         message = clean_message(raw_text)
         if not message.text:
             return TurnOutcome(False, EMPTY_MESSAGE_PROMPT)
+        turn_threads(self.threads)
         if reference is not None:
             self.clicked = self._item(reference)
         reference = self.reference
@@ -186,6 +213,7 @@ class ShoppingSession:
         if self.started:
             self.clicked = item
             return TurnOutcome(False)
+        turn_threads(self.threads)
         dialog = self.assistant.dialog(page_size=self.page_size)
         results = dialog.start(item=item.id)
         self.dialog = dialog
@@ -198,6 +226,7 @@ class ShoppingSession:
         (UploadError for a bad file) says why not, and changes nothing."""
         image = open_upload(path)
         message = clean_message(text)
+        turn_threads(self.threads)
         photo = self.assistant.context().photo(image)
         self.restart()
         self._start_from_photo(photo, message.text or None)

@@ -183,6 +183,7 @@ class SemanticReader:
         self._descriptions: tuple[list[tuple[str, str]], np.ndarray] | None = None
         self.matcher = matcher or shipped_matcher() or cosine_matcher(SEMANTIC_THRESHOLD)
         self._meanings: tuple[list[Meaning], np.ndarray] | None = None
+        self._bank_lock = threading.RLock()  # the banks are built once, by the first request of many at once
 
     @classmethod
     def from_catalog(cls, catalog, rows: Sequence[Mapping[str, str]] | None = None, **options) -> SemanticReader:
@@ -258,6 +259,10 @@ class SemanticReader:
         return None
 
     def _description_bank(self) -> tuple[list[tuple[str, str]], np.ndarray]:
+        with self._bank_lock:
+            return self._build_description_bank()
+
+    def _build_description_bank(self) -> tuple[list[tuple[str, str]], np.ndarray]:
         if self._descriptions is None:
             keys = [(name, value) for name, values in self.values.items() if self.kinds[name] in SEMANTIC_KINDS
                     for value in values if len(value) <= 40]
@@ -270,6 +275,10 @@ class SemanticReader:
         """What a residual n-gram may mean, with MiniLM vectors: every value's description (its words, the facet's
         gloss, the attribute's name), its bare words, and every lexicon phrase and person word with the values the
         lexicon reads from it (kNN by meaning over the reviewed lexicon: "stepdad" comes near "dad")."""
+        with self._bank_lock:
+            return self._build_meaning_bank()
+
+    def _build_meaning_bank(self) -> tuple[list[Meaning], np.ndarray]:
         if self._meanings is None:
             meanings: list[Meaning] = []
             keys, _ = self._description_bank()

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 
-import faiss
-import torch
 import uvicorn
 from fastapi import FastAPI
 
@@ -21,14 +19,14 @@ SETTINGS_ENV = "FASHION_ASSISTANT_API_SETTINGS"
 def app_from_environment() -> FastAPI:
     """The uvicorn factory each worker process calls: model, catalog and store from $FASHION_ASSISTANT_API_SETTINGS.
 
-    One torch and faiss thread per worker: a turn is small, so requests run side by side instead.
+    A turn ranks with `threads` torch and faiss threads (default one): a turn is small, so requests run side by
+    side instead.
     """
     settings = json.loads(os.environ[SETTINGS_ENV])
-    torch.set_num_threads(settings["threads"])
-    faiss.omp_set_num_threads(settings["threads"])
     assistant = Assistant.load(settings["model"], catalog=settings["catalog"], progress=False)
+    assistant.warm_up()
     store = open_store(settings["store"], source="api", catalog=assistant.catalog.fingerprint)
-    return create_app(assistant, store)
+    return create_app(assistant, store, threads=settings["threads"])
 
 
 def serve_api(model_dir: str | os.PathLike, catalog: str | os.PathLike, store: str | os.PathLike | None = None,

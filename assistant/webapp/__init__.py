@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
-import torch
 
 from assistant.api import Assistant
 from assistant.core.catalog import Catalog, CatalogError, report_lines
@@ -68,17 +67,10 @@ def require_a_page(catalog: Catalog) -> None:
                            f"and needs at least that many")
 
 
-def warm_up(assistant: Any) -> None:
-    """One throwaway dialog, so lazily loaded parts are ready before the first shopper arrives."""
-    dialog = assistant.dialog()
-    dialog.start(text="a shirt")
-    dialog.reply("in blue")
-
-
 def launch_app(assistant: Any, data_dir: str | os.PathLike | None = None, host: str = "127.0.0.1",
                port: int = 7860, block: bool = True, quiet: bool = False, **app_options: Any) -> tuple[gr.Blocks, str]:
     """Build and serve the app; with `block=False` it returns (app, local url) and serves from a thread."""
-    warm_up(assistant)
+    assistant.warm_up()
     app = build_app(assistant, data_dir, **app_options)
     _, url, _ = app.launch(server_name=host, server_port=port, allowed_paths=image_folders(assistant.catalog),
                            blocked_paths=private_files(assistant.catalog),
@@ -96,9 +88,6 @@ def serve(model_dir: str | os.PathLike, catalog: str | os.PathLike | Catalog, ho
     assistant = Assistant.load(model_dir, catalog=catalog)
     if assistant.features.failed:
         print("\n".join(report_lines(assistant.features.report().as_dict(), title="image features")))
-    # One torch thread per event (after loading, which encodes the catalog in batches): a shopper's query is too
-    # small to gain from splitting it, and the events the queue runs side by side already share the cores.
-    torch.set_num_threads(1)
     data_dir = data_dir or cache_dir() / "dialogs"
     print(f"Storing dialogs in {describe_store(data_dir)}")
     launch_app(assistant, data_dir, host=host, port=port, concurrency=concurrency)

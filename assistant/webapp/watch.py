@@ -16,6 +16,7 @@ from matplotlib.ticker import FuncFormatter
 from assistant.core.catalog import Item
 from assistant.core.dialog import PAGE_SIZE, target_ranks
 from assistant.core.messages import format_understood, key_attributes
+from assistant.session import turn_threads
 from assistant.webapp.layout import CHAT_OPTIONS, as_text, gallery_update, results_gallery, thumbnail
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,7 @@ class WatchHandlers:
             yield [], gr.skip(), gr.skip(), as_text(f"The {user_kind} shopper is not available: {error}")
             return
         target = catalog[target_id]
+        turn_threads(1)
         dialog = self.assistant.dialog()
         start = catalog[random.choice([i for i in catalog.ids if i != target.id])]
         results = dialog.start(item=start.id)
