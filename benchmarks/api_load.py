@@ -163,7 +163,7 @@ def load_run(args: argparse.Namespace, store: str, count: int) -> dict:
         load_before = os.getloadavg()
         result = asyncio.run(run_load(urls, args.dialogs, args.concurrency, args.turns, args.time_limit,
                                       alternate=args.alternate))
-        result.update(routing="each request to the next replica" if args.alternate and count > 1
+        result.update(model=args.model.name, routing="each request to the next replica" if args.alternate and count > 1
                       else "each dialog to one replica", load_average_before=[round(v, 2) for v in load_before],
                       load_average_after=[round(v, 2) for v in os.getloadavg()],
                       warm_up_turns=warm["turns"], server_rss_mb=[round(rss_mb(p.pid)) for _, p in servers])
@@ -219,11 +219,11 @@ def main() -> None:
     args = parser.parse_args()
     runs = args.runs.split(",")
     previous = json.loads(args.out.read_text()) if args.out.exists() else {}
-    result: dict = {**previous, "benchmark": "api_load", "model": args.model.name, "catalog": args.catalog.name,
+    result: dict = {**previous, "benchmark": "api_load", "catalog": args.catalog.name,
                     "concurrency": args.concurrency, "turns_per_dialog": args.turns, "machine": {
                         "cpus": os.cpu_count(), "python": platform.python_version(),
-                        "note": "server(s), load generator and PostgreSQL on the same 2 shared cores; other "
-                                "engineers' tests and a training run were using them too (see load averages)"}}
+                        "note": "server(s), load generator and PostgreSQL on the same cores; how busy they were "
+                                "before each run is its load_average_before"}}
     with tempfile.TemporaryDirectory(prefix="api-load-") as folder:
         if "sqlite" in runs:
             result["one_replica_sqlite"] = load_run(args, folder, 1)
