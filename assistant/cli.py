@@ -154,7 +154,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_api(args: argparse.Namespace) -> int:
     serve_api(args.model, args.catalog, store=args.store, host=args.host, port=args.port, workers=args.workers,
-              threads=args.threads)
+              threads=args.threads, split=args.split, images_root=args.images_root)
     return 0
 
 
@@ -291,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--port", type=int, default=8000)
     api.add_argument("--workers", type=int, default=1, help="worker processes (each loads the model)")
     api.add_argument("--threads", type=int, default=1, help="torch/faiss threads per worker (default 1)")
+    _split_option(api)
     api.set_defaults(run=cmd_api)
 
     export = commands.add_parser("export-dialogs", help="write logged dialogs as training pairs (JSONL)")

@@ -61,7 +61,8 @@ def replicas(args: argparse.Namespace, store: str, count: int) -> Iterator[list[
         for _ in range(count):
             port = free_port()
             command = [sys.executable, "-m", "assistant", "api", "--model", str(args.model), "--catalog",
-                       str(args.catalog), "--store", store, "--port", str(port)]
+                       str(args.catalog), "--store", store, "--port", str(port)] + \
+                      (["--split", args.split] if args.split else [])
             process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             servers.append((f"http://127.0.0.1:{port}", process))
         for url, process in servers:
@@ -163,7 +164,8 @@ def load_run(args: argparse.Namespace, store: str, count: int) -> dict:
         load_before = os.getloadavg()
         result = asyncio.run(run_load(urls, args.dialogs, args.concurrency, args.turns, args.time_limit,
                                       alternate=args.alternate))
-        result.update(model=args.model.name, routing="each request to the next replica" if args.alternate and count > 1
+        result.update(model=args.model.name, split=args.split or "all",
+                      routing="each request to the next replica" if args.alternate and count > 1
                       else "each dialog to one replica", load_average_before=[round(v, 2) for v in load_before],
                       load_average_after=[round(v, 2) for v in os.getloadavg()],
                       warm_up_turns=warm["turns"], server_rss_mb=[round(rss_mb(p.pid)) for _, p in servers])
@@ -207,6 +209,8 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=demo_model_dir("demo"),
                         help="a trained model directory (default: the cached demo model, `demo --no-serve`)")
     parser.add_argument("--catalog", type=Path, default=FPI, help="the catalog served (default: the real one)")
+    parser.add_argument("--split", choices=["train", "val", "test"],
+                        help="serve only this split (test: the 9k items held out from training); default: all")
     parser.add_argument("--concurrency", type=int, default=32, help="dialogs in flight at once")
     parser.add_argument("--dialogs", type=int, default=400, help="dialogs per run (each --turns turns)")
     parser.add_argument("--turns", type=int, default=5)
@@ -224,13 +228,14 @@ def main() -> None:
                         "cpus": os.cpu_count(), "python": platform.python_version(),
                         "note": "server(s), load generator and PostgreSQL on the same cores; how busy they were "
                                 "before each run is its load_average_before"}}
+    suffix = f"_{args.split}_split" if args.split else ""
     with tempfile.TemporaryDirectory(prefix="api-load-") as folder:
         if "sqlite" in runs:
-            result["one_replica_sqlite"] = load_run(args, folder, 1)
-            print(json.dumps(result["one_replica_sqlite"]), flush=True)
+            result["one_replica_sqlite" + suffix] = load_run(args, folder, 1)
+            print(json.dumps(result["one_replica_sqlite" + suffix]), flush=True)
         if "postgresql" in runs:
             with temporary_postgres() as url:
-                name = "two_replicas_postgresql" + ("_alternating" if args.alternate else "")
+                name = "two_replicas_postgresql" + ("_alternating" if args.alternate else "") + suffix
                 result[name] = load_run(args, url, 2)
                 print(json.dumps(result[name]), flush=True)
         if "memory" in runs and args.memory_messages:

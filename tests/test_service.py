@@ -331,17 +331,24 @@ def test_a_sigkilled_server_loses_no_completed_turn_on_sqlite(replicas, tmp_path
 
 
 def test_the_api_command_serves_and_stores_in_sqlite(demo_model_dir: Path, demo_assistant, tmp_path: Path) -> None:
-    """`fashion-assistant api` as a shop runs it: a dialog over HTTP, each turn in the --store."""
+    """`fashion-assistant api` as a shop runs it: a dialog over HTTP, each turn in the --store; `--split test`
+    serves only the held-out items."""
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "assistant", "api", "--model", str(demo_model_dir),
                                "--catalog", str(demo_assistant.catalog.root), "--store", str(tmp_path),
-                               "--port", str(port)], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                               "--port", str(port), "--split", "test"],
+                              cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    held_out = {item.id for item in demo_assistant.catalog.split("test")}
+    trained_on = next(item.id for item in demo_assistant.catalog.split("train"))
     try:
         url = f"http://127.0.0.1:{port}"
         wait_healthy(url, lambda: server.poll() is None)
         with httpx.Client(timeout=60) as http:
-            dialog_id = http.post(f"{url}/v1/dialogs", json={"text": "a green coat"}).json()["dialog_id"]
-            http.post(f"{url}/v1/dialogs/{dialog_id}/turns", json={"text": "longer"})
+            opened = http.post(f"{url}/v1/dialogs", json={"text": "a green coat"}).json()
+            dialog_id = opened["dialog_id"]
+            shown = http.post(f"{url}/v1/dialogs/{dialog_id}/turns", json={"text": "longer"}).json()["items"]
+            assert {item["id"] for item in opened["items"] + shown} <= held_out
+            assert http.get(f"{url}/v1/items/{trained_on}").status_code == 404
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)
