@@ -81,8 +81,8 @@ def model_summary(model_dir: Path) -> dict:
     """The model's size as its config.yaml states it (backbone name, retriever width and layers)."""
     config = yaml.safe_load((model_dir / "config.yaml").read_text(encoding="utf-8"))
     retriever = config.get("retriever", {})
-    return {"backbone": config.get("backbone", {}).get("model"), "retriever_width": retriever.get("width"),
-            "retriever_layers": retriever.get("layers")}
+    return {"name": model_dir.name, "backbone": config.get("backbone", {}).get("model"),
+            "retriever_width": retriever.get("width"), "retriever_layers": retriever.get("layers")}
 
 
 def serve(args: argparse.Namespace, port: int, data_dir: str) -> subprocess.Popen:
@@ -91,6 +91,8 @@ def serve(args: argparse.Namespace, port: int, data_dir: str) -> subprocess.Pope
                "--port", str(port), "--data", data_dir]
     if args.concurrency:
         command += ["--concurrency", str(args.concurrency)]
+    if args.split:
+        command += ["--split", args.split]
     server = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
     deadline = time.monotonic() + args.start_timeout
@@ -111,6 +113,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", required=True, help="a trained model directory")
     parser.add_argument("--catalog", default="demo", help="a catalog folder or file, or 'demo'")
+    parser.add_argument("--split", choices=["train", "val", "test"], help="serve only this split (default: all)")
     parser.add_argument("--sessions", type=int, default=20)
     parser.add_argument("--turns", type=int, default=5)
     parser.add_argument("--start-timeout", type=float, default=300, help="seconds for the app to load and start")
@@ -145,7 +148,7 @@ def main() -> None:
                        session_script(s["session"], args.turns)[: len(s["latencies"])] for s in sessions)
     result = {
         "sessions": args.sessions, "turns_per_session": args.turns, "catalog": args.catalog,
-        "model": model_summary(Path(args.model)), "turns_completed": len(latencies),
+        "split": args.split or "all", "model": model_summary(Path(args.model)), "turns_completed": len(latencies),
         "every_session_saw_only_its_own_chat": all(s["isolated"] for s in sessions),
         "every_session_logged_only_its_own_turns": log_isolated,
         "items_shown_per_turn": sorted({s["items_shown_last_turn"] for s in sessions}),

@@ -101,9 +101,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--images-root", help="the folder the catalog's images must lie in (default: its own)")
     parser.add_argument("--data", help="folder for the dialog log (default: the cache's dialogs/)")
+    parser.add_argument("--split", choices=["train", "val", "test"],
+                        help="serve only this split of the catalog (test: the items held out from training)")
     parser.add_argument("--concurrency", type=int, help="events run at once (default: two per CPU core)")
     args = parser.parse_args(argv)
-    serve(args.model, load_catalog(args.catalog, images_root=args.images_root), args.host, args.port, args.data,
+    catalog = load_catalog(args.catalog, images_root=args.images_root)
+    serve(args.model, catalog.split(args.split) if args.split else catalog, args.host, args.port, args.data,
           args.concurrency)
 
 
