@@ -98,6 +98,7 @@ async def run_load(urls: list[str], dialogs: int, concurrency: int, turns: int, 
     and was shown: `isolated` says whether every dialog saw exactly its own turns.
     """
     latencies: list[float] = []
+    by_turn: dict[int, list[float]] = {}
     errors: dict[str, int] = {}
     sent: dict[str, list[tuple[str, list[str]]]] = {}
     queue = list(range(first, first + dialogs))
@@ -109,7 +110,7 @@ async def run_load(urls: list[str], dialogs: int, concurrency: int, turns: int, 
         request_number += 1
         return urls[(request_number if alternate else n) % len(urls)]
 
-    async def post(client: httpx.AsyncClient, n: int, path: str, text: str) -> dict | None:
+    async def post(client: httpx.AsyncClient, n: int, path: str, text: str, turn: int) -> dict | None:
         start = time.perf_counter()
         try:
             response = await client.post(f"{url_for(n)}{path}", json={"text": text})
@@ -117,6 +118,7 @@ async def run_load(urls: list[str], dialogs: int, concurrency: int, turns: int, 
             errors[type(error).__name__] = errors.get(type(error).__name__, 0) + 1
             return None
         latencies.append(time.perf_counter() - start)
+        by_turn.setdefault(turn, []).append(latencies[-1])
         if response.status_code != 200:
             errors[str(response.status_code)] = errors.get(str(response.status_code), 0) + 1
             return None
@@ -126,13 +128,13 @@ async def run_load(urls: list[str], dialogs: int, concurrency: int, turns: int, 
         while queue and time.monotonic() < deadline:
             n = queue.pop(0)
             script = dialog_script(n, turns, distinct)
-            body = await post(client, n, "/v1/dialogs", script[0])
+            body = await post(client, n, "/v1/dialogs", script[0], 1)
             if body is None:
                 continue
             dialog_id = body["dialog_id"]
             sent[dialog_id] = [(script[0], [item["id"] for item in body["items"]])]
-            for text in script[1:]:
-                body = await post(client, n, f"/v1/dialogs/{dialog_id}/turns", text)
+            for turn, text in enumerate(script[1:], start=2):
+                body = await post(client, n, f"/v1/dialogs/{dialog_id}/turns", text, turn)
                 if body is None:
                     break
                 sent[dialog_id].append((text, [item["id"] for item in body["items"]]))
@@ -149,10 +151,16 @@ async def run_load(urls: list[str], dialogs: int, concurrency: int, turns: int, 
             mismatched += seen != turns_sent
     completed = len(latencies)
     ordered = sorted(latencies)
+
+    def p99(values: list[float]) -> float:
+        return sorted(values)[min(len(values) - 1, int(0.99 * len(values)))]
+
     return {"dialogs": len(sent), "complete_dialogs": sum(len(t) == turns for t in sent.values()),
             "turns": completed, "seconds": round(elapsed, 2), "turns_per_s": round(completed / elapsed, 1),
             "p50_ms": round(statistics.median(ordered) * 1000, 1) if ordered else None,
-            "p99_ms": round(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1000, 1) if ordered else None,
+            "p99_ms": round(p99(ordered) * 1000, 1) if ordered else None,
+            "by_turn_ms": {turn: {"p50": round(statistics.median(values) * 1000, 1),
+                                  "p99": round(p99(values) * 1000, 1)} for turn, values in sorted(by_turn.items())},
             "errors": errors, "isolated": mismatched == 0 and bool(sent), "dialogs_with_foreign_or_lost_turns":
             mismatched}
 
