@@ -154,7 +154,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_api(args: argparse.Namespace) -> int:
     serve_api(args.model, args.catalog, store=args.store, host=args.host, port=args.port, workers=args.workers,
-              threads=args.threads, split=args.split, images_root=args.images_root)
+              threads=args.threads, split=args.split, images_root=args.images_root,
+              request_threads=args.request_threads)
     return 0
 
 
@@ -290,7 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     api.add_argument("--port", type=int, default=8000)
     api.add_argument("--workers", type=int, default=1, help="worker processes (each loads the model)")
-    api.add_argument("--threads", type=int, default=1, help="torch/faiss threads per worker (default 1)")
+    api.add_argument("--threads", type=int, default=1, help="torch/faiss threads per turn (default 1)")
+    api.add_argument("--request-threads", type=int, default=1,
+                     help="turns run at once per worker (default 1: ranking holds the GIL; 2 may help a store far "
+                          "away on the network)")
     _split_option(api)
     api.set_defaults(run=cmd_api)
 

@@ -62,7 +62,7 @@ def replicas(args: argparse.Namespace, store: str, count: int) -> Iterator[list[
             port = free_port()
             command = [sys.executable, "-m", "assistant", "api", "--model", str(args.model), "--catalog",
                        str(args.catalog), "--store", store, "--port", str(port)] + \
-                      (["--split", args.split] if args.split else [])
+                      (["--split", args.split] if args.split else []) + ["--request-threads", str(args.request_threads)]
             process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             servers.append((f"http://127.0.0.1:{port}", process))
         for url, process in servers:
@@ -172,7 +172,7 @@ def load_run(args: argparse.Namespace, store: str, count: int) -> dict:
         load_before = os.getloadavg()
         result = asyncio.run(run_load(urls, args.dialogs, args.concurrency, args.turns, args.time_limit,
                                       alternate=args.alternate))
-        result.update(model=args.model.name, split=args.split or "all",
+        result.update(model=args.model.name, split=args.split or "all", request_threads=args.request_threads,
                       routing="each request to the next replica" if args.alternate and count > 1
                       else "each dialog to one replica", load_average_before=[round(v, 2) for v in load_before],
                       load_average_after=[round(v, 2) for v in os.getloadavg()],
@@ -219,6 +219,7 @@ def main() -> None:
     parser.add_argument("--catalog", type=Path, default=FPI, help="the catalog served (default: the real one)")
     parser.add_argument("--split", choices=["train", "val", "test"],
                         help="serve only this split (test: the 9k items held out from training); default: all")
+    parser.add_argument("--request-threads", type=int, default=1, help="each server's --request-threads")
     parser.add_argument("--concurrency", type=int, default=32, help="dialogs in flight at once")
     parser.add_argument("--dialogs", type=int, default=400, help="dialogs per run (each --turns turns)")
     parser.add_argument("--turns", type=int, default=5)

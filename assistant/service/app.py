@@ -47,8 +47,10 @@ JSON_BODY_BYTES = 64 * 1024  # a message is at most 500 characters: any JSON bod
 UPLOAD_BODY_BYTES = MAX_UPLOAD_BYTES + 64 * 1024  # a photo, its form fields and the multipart framing
 CACHED_SESSIONS = 4096
 # Turns run side by side in this many threads: they rank under the GIL, so more only trade the GIL back and forth
-# (32 concurrent dialogs on 2 cores: 238 turns/s with 2, 156 with 8, anyio's default 40 slower still)
-REQUEST_THREADS = 2
+# (32 concurrent dialogs on 2 cores, real held-out split: one or two threads alike, about 300 turns/s; 8 threads
+# 156 and anyio's default 40 slower still on the whole catalog). A store far away on the network waits outside the
+# GIL, and may want two.
+REQUEST_THREADS = 1
 DIALOG_ID = re.compile(r"[0-9a-f]{32}")
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": Problem} for code in (401, 404, 409, 413, 422)}
 
@@ -179,9 +181,11 @@ def _validation_message(error: RequestValidationError | ValidationError) -> tupl
 
 
 def create_app(assistant: Any, store: DialogStore, api_key: str | None = None,
-               cached_sessions: int = CACHED_SESSIONS, threads: int = 1) -> FastAPI:
+               cached_sessions: int = CACHED_SESSIONS, threads: int = 1,
+               request_threads: int = REQUEST_THREADS) -> FastAPI:
     """The API over a loaded Assistant and a store. With `api_key` (default: $FASHION_ASSISTANT_API_KEY) every
-    POST needs it in an `X-API-Key` header. Each turn ranks with `threads` torch threads."""
+    POST needs it in an `X-API-Key` header. Turns run in `request_threads` threads, each ranking with `threads`
+    torch threads."""
     api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
     catalog = assistant.catalog
     views = item_views(assistant)
@@ -189,7 +193,7 @@ def create_app(assistant: Any, store: DialogStore, api_key: str | None = None,
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        anyio.to_thread.current_default_thread_limiter().total_tokens = REQUEST_THREADS
+        anyio.to_thread.current_default_thread_limiter().total_tokens = request_threads
         yield
 
     app = FastAPI(title="fashion-assistant", version="1", lifespan=lifespan,
