@@ -15,7 +15,7 @@ from pathlib import Path
 
 from assistant.api import Assistant
 from assistant.chat import chat
-from assistant.core.catalog import Catalog, report_lines, thin_labels
+from assistant.core.catalog import SPLITS, Catalog, report_lines, thin_labels
 from assistant.core.config import STAGES
 from assistant.core.demo_catalog import VERSION
 from assistant.core.demo_drawing import contact_sheet
@@ -26,6 +26,7 @@ from assistant.core.store import export_dialogs
 from assistant.model_dir import CONFIG_FILE, MANIFEST_FILE, PipelineConfig
 from assistant.pipeline import FINE_TUNED, fine_tune, train
 from assistant.service import serve_api
+from assistant.service.app import REQUEST_THREADS
 from assistant.vision.backbone import BACKBONE_FILE, Backbone
 from assistant.vision.features import compute_features
 from retriever.evaluate import plot, save_result
@@ -292,9 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--port", type=int, default=8000)
     api.add_argument("--workers", type=int, default=1, help="worker processes (each loads the model)")
     api.add_argument("--threads", type=int, default=1, help="torch/faiss threads per turn (default 1)")
-    api.add_argument("--request-threads", type=int, default=1,
-                     help="turns run at once per worker (default 1: ranking holds the GIL; 2 may help a store far "
-                          "away on the network)")
+    api.add_argument("--request-threads", type=int, default=REQUEST_THREADS,
+                     help=f"turns run at once per worker (default {REQUEST_THREADS}: ranking holds the GIL; 2 may "
+                          "help a store far away on the network)")
     _split_option(api)
     api.set_defaults(run=cmd_api)
 
@@ -325,7 +326,7 @@ def _images_root_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _split_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--split", choices=["train", "val", "test"],
+    parser.add_argument("--split", choices=SPLITS,
                         help="use only this split of the catalog (e.g. test: items held out from training)")
 
 
@@ -343,8 +344,7 @@ def _thin_labels_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _catalog_split(args: argparse.Namespace) -> Catalog:
-    catalog = load_catalog(args.catalog, images_root=args.images_root)
-    return catalog.split(args.split) if getattr(args, "split", None) else catalog
+    return load_catalog(args.catalog, images_root=args.images_root, split=getattr(args, "split", None))
 
 
 def _server_options(parser: argparse.ArgumentParser) -> None:

@@ -22,8 +22,10 @@ from pathlib import Path
 import httpx
 
 from assistant.cli import demo_model_dir
+from assistant.core.catalog import SPLITS
 from assistant.core.storage import atomic_write_text
 from assistant.core.store import temporary_postgres
+from assistant.service.app import REQUEST_THREADS
 
 REPO = Path(__file__).resolve().parent.parent
 FPI = Path(os.environ.get("FASHION_ASSISTANT_FPI", REPO.parent / "shared/data/fashion-product-images-small"))
@@ -150,15 +152,14 @@ async def run_load(urls: list[str], dialogs: int, concurrency: int, turns: int, 
             seen = [(turn["text"], [item["id"] for item in turn["items"]]) for turn in stored]
             mismatched += seen != turns_sent
     completed = len(latencies)
-    ordered = sorted(latencies)
 
     def p99(values: list[float]) -> float:
         return sorted(values)[min(len(values) - 1, int(0.99 * len(values)))]
 
     return {"dialogs": len(sent), "complete_dialogs": sum(len(t) == turns for t in sent.values()),
             "turns": completed, "seconds": round(elapsed, 2), "turns_per_s": round(completed / elapsed, 1),
-            "p50_ms": round(statistics.median(ordered) * 1000, 1) if ordered else None,
-            "p99_ms": round(p99(ordered) * 1000, 1) if ordered else None,
+            "p50_ms": round(statistics.median(latencies) * 1000, 1) if latencies else None,
+            "p99_ms": round(p99(latencies) * 1000, 1) if latencies else None,
             "by_turn_ms": {turn: {"p50": round(statistics.median(values) * 1000, 1),
                                   "p99": round(p99(values) * 1000, 1)} for turn, values in sorted(by_turn.items())},
             "errors": errors, "isolated": mismatched == 0 and bool(sent), "dialogs_with_foreign_or_lost_turns":
@@ -217,9 +218,9 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=demo_model_dir("demo"),
                         help="a trained model directory (default: the cached demo model, `demo --no-serve`)")
     parser.add_argument("--catalog", type=Path, default=FPI, help="the catalog served (default: the real one)")
-    parser.add_argument("--split", choices=["train", "val", "test"],
+    parser.add_argument("--split", choices=SPLITS,
                         help="serve only this split (test: the 9k items held out from training); default: all")
-    parser.add_argument("--request-threads", type=int, default=1, help="each server's --request-threads")
+    parser.add_argument("--request-threads", type=int, default=REQUEST_THREADS, help="each server's --request-threads")
     parser.add_argument("--concurrency", type=int, default=32, help="dialogs in flight at once")
     parser.add_argument("--dialogs", type=int, default=400, help="dialogs per run (each --turns turns)")
     parser.add_argument("--turns", type=int, default=5)

@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 from gradio_client import Client
 
+from assistant.core.catalog import SPLITS
 from assistant.core.storage import atomic_write_text
 from assistant.core.store import read_dialogs
 
@@ -113,7 +114,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", required=True, help="a trained model directory")
     parser.add_argument("--catalog", default="demo", help="a catalog folder or file, or 'demo'")
-    parser.add_argument("--split", choices=["train", "val", "test"], help="serve only this split (default: all)")
+    parser.add_argument("--split", choices=SPLITS, help="serve only this split (default: all)")
     parser.add_argument("--sessions", type=int, default=20)
     parser.add_argument("--turns", type=int, default=5)
     parser.add_argument("--start-timeout", type=float, default=300, help="seconds for the app to load and start")

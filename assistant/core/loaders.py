@@ -264,8 +264,9 @@ def detect_format(path: Path) -> str:
 
 
 def load_catalog(source: str | os.PathLike, format: str | None = None,
-                 images_root: str | os.PathLike | None = None) -> Catalog:
-    """Load a catalog from a folder or file (format detected, or named), or `demo` for the embedded one.
+                 images_root: str | os.PathLike | None = None, split: str | None = None) -> Catalog:
+    """Load a catalog from a folder or file (format detected, or named), or `demo` for the embedded one; with
+    `split` (train, val or test) only that split of it.
 
     `images_root` is the opt-in for shops whose images live outside the catalog's folder: the images must then
     lie inside it instead (it is also the only folder the app serves). A catalog left with no items after the
@@ -292,4 +293,4 @@ def load_catalog(source: str | os.PathLike, format: str | None = None,
         reasons = ", ".join(f"{reason} {count}" for reason, count in catalog.report.counts().items())
         raise CatalogError(f"{catalog.report.source}: no usable items ({len(catalog.report.skipped)} rows skipped"
                            + (f": {reasons}" if reasons else "") + "); fix the rows or their images")
-    return catalog
+    return catalog.split(split) if split else catalog

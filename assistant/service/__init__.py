@@ -33,9 +33,7 @@ def app_from_environment() -> FastAPI:
 
 def _catalog(settings: dict) -> Catalog:
     """The served catalog: the source, its images root and, where one is named, only one of its splits."""
-    root = settings.get("images_root")
-    catalog = load_catalog(settings["catalog"], images_root=root)
-    return catalog.split(settings["split"]) if settings.get("split") else catalog
+    return load_catalog(settings["catalog"], images_root=settings["images_root"], split=settings["split"])
 
 
 def serve_api(model_dir: str | os.PathLike, catalog: str | os.PathLike, store: str | os.PathLike | None = None,

@@ -11,7 +11,7 @@ from typing import Any
 import gradio as gr
 
 from assistant.api import Assistant
-from assistant.core.catalog import Catalog, CatalogError, report_lines
+from assistant.core.catalog import SPLITS, Catalog, CatalogError, report_lines
 from assistant.core.dialog import PAGE_SIZE
 from assistant.core.loaders import load_catalog
 from assistant.core.messages import MAX_UPLOAD_BYTES
@@ -101,13 +101,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--images-root", help="the folder the catalog's images must lie in (default: its own)")
     parser.add_argument("--data", help="folder for the dialog log (default: the cache's dialogs/)")
-    parser.add_argument("--split", choices=["train", "val", "test"],
+    parser.add_argument("--split", choices=SPLITS,
                         help="serve only this split of the catalog (test: the items held out from training)")
     parser.add_argument("--concurrency", type=int, help="events run at once (default: two per CPU core)")
     args = parser.parse_args(argv)
-    catalog = load_catalog(args.catalog, images_root=args.images_root)
-    serve(args.model, catalog.split(args.split) if args.split else catalog, args.host, args.port, args.data,
-          args.concurrency)
+    serve(args.model, load_catalog(args.catalog, images_root=args.images_root, split=args.split), args.host,
+          args.port, args.data, args.concurrency)
 
 
 if __name__ == "__main__":
