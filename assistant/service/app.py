@@ -206,7 +206,7 @@ def create_app(assistant: Any, store: DialogStore, api_key: str | None = None,
     def view(item: Item) -> dict[str, Any]:
         return views[catalog.index_of(item.id)]
 
-    def write_access(x_api_key: Annotated[str | None, Header()] = None) -> None:
+    async def write_access(x_api_key: Annotated[str | None, Header()] = None) -> None:
         if api_key is not None and not secrets.compare_digest((x_api_key or "").encode(), api_key.encode()):
             raise HTTPException(401, "this server needs an API key for writes: send it in the X-API-Key header")
 
@@ -305,10 +305,13 @@ def create_app(assistant: Any, store: DialogStore, api_key: str | None = None,
 
     @app.post("/v1/dialogs/{dialog_id}/turns", response_model=TurnResult, responses=ERRORS,
               dependencies=[Depends(write_access)])
-    def reply(dialog_id: Annotated[str, Path(max_length=64)], body: Reply) -> dict[str, Any]:
+    async def reply(dialog_id: Annotated[str, Path(max_length=64)], body: Reply) -> dict[str, Any]:
         """The shopper's next message: how the wanted item differs from `reference` (default the top result)."""
         text = message(body.text, required=True)
         reference = known_item(body.reference, "reference")
+        return await run_in_threadpool(play_turn, dialog_id, text, reference)
+
+    def play_turn(dialog_id: str, text: str, reference: str | None) -> dict[str, Any]:
         live = sessions.get(dialog_id)
         with live.lock:
             session = live.session
