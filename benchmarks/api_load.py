@@ -100,8 +100,8 @@ async def run_load(urls: list[str], dialogs: int, concurrency: int, turns: int, 
     Each shopper has its own connection, as each browser has: one pool shared by all shoppers queued their
     requests in its own order (measured: up to 0.5 s between a request sent and the server's app receiving it,
     with the server's event loop free). Stops starting dialogs at `time_limit`. Every dialog is then read back
-    (GET) and compared with what it sent
-    and was shown: `isolated` says whether every dialog saw exactly its own turns.
+    (GET) and compared with what it sent and was shown: `isolated` says whether every dialog saw exactly its own
+    turns.
     """
     latencies: list[float] = []
     by_turn: dict[int, list[float]] = {}
