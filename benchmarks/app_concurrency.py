@@ -1,8 +1,14 @@
-"""Benchmark: 20 concurrent shoppers on the served app (loopback), each a 5-turn dialog: isolation and turn latency."""
+"""Benchmark: 20 concurrent shoppers on the served app (loopback), each a 5-turn dialog: isolation and turn latency.
+
+Shoppers speak gradio's queue protocol as a page does (`--client browser`, the default: join the queue with the
+message, read the answer from the event stream, one connection pool per shopper, all in one asyncio loop), or
+through `gradio_client` (`--client gradio_client`: a Client per shopper in a thread each, which on these 2 cores
+spends about three times the server's CPU, so it measures mostly itself)."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
@@ -13,9 +19,11 @@ import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import yaml
 from gradio_client import Client
 
@@ -73,6 +81,80 @@ def run_session(url: str, n: int, turns: int, deadline: float) -> dict:
     return {"session": n, "latencies": latencies, "isolated": isolated, "items_shown_last_turn": shown}
 
 
+class SendEndpoint:
+    """The app's /send event as a page calls it: its id, trigger, and where the chat and results are in its outputs
+    (read from the app's /config)."""
+
+    def __init__(self, url: str) -> None:
+        config = httpx.get(f"{url}config", timeout=30).json()
+        self.url, self.prefix = url, config.get("api_prefix", "/gradio_api").strip("/")
+        dependency = next(d for d in config["dependencies"] if d.get("api_name") == "send")
+        types = {block["id"]: block["type"] for block in config["components"]}
+        outputs = [types[i] for i in dependency["outputs"]]
+        self.fn_index, self.trigger_id = dependency["id"], dependency["targets"][0][0]
+        self.inputs = len(dependency["inputs"])
+        self.chat, self.gallery = outputs.index("chatbot"), outputs.index("gallery")
+
+    async def send(self, client: httpx.AsyncClient, session_hash: str, text: str) -> list:
+        """Join the queue with the message (the tab's state lives on the server), then read the event stream until
+        this event completes; its outputs."""
+        joined = await client.post(f"{self.url}{self.prefix}/queue/join", json={
+            "data": [text] + [None] * (self.inputs - 1), "event_data": None, "fn_index": self.fn_index,
+            "trigger_id": self.trigger_id, "session_hash": session_hash})
+        joined.raise_for_status()
+        event_id = joined.json()["event_id"]
+        async with client.stream("GET", f"{self.url}{self.prefix}/queue/data",
+                                 params={"session_hash": session_hash}) as stream:
+            async for line in stream.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                message = json.loads(line[5:])
+                if message.get("event_id") == event_id and message.get("msg") == "process_completed":
+                    if not message.get("success", True):
+                        raise RuntimeError(f"the app failed a turn: {message.get('output')}")
+                    return message["output"]["data"]
+        raise RuntimeError("the event stream closed before the turn completed")
+
+
+async def run_browser_session(endpoint: SendEndpoint, n: int, turns: int, deadline: float) -> dict:
+    """One shopper as a page: its own session hash and connections, `turns` messages, each turn's latency."""
+    script = session_script(n, turns)
+    latencies, isolated, shown = [], True, 0
+    async with httpx.AsyncClient(timeout=60) as client:
+        session_hash = uuid.uuid4().hex[:12]
+        for said, text in enumerate(script, start=1):
+            if time.monotonic() > deadline:
+                break
+            start = time.perf_counter()
+            out = await endpoint.send(client, session_hash, text)
+            latencies.append(time.perf_counter() - start)
+            isolated &= user_texts(out[endpoint.chat]) == script[:said]
+            gallery = out[endpoint.gallery]
+            shown = len(gallery["value"] if isinstance(gallery, dict) else gallery)
+    return {"session": n, "latencies": latencies, "isolated": isolated, "items_shown_last_turn": shown}
+
+
+def run_sessions(args: argparse.Namespace, url: str, deadline: float) -> tuple[list[float], list[dict], float]:
+    """One shopper alone, then `args.sessions` at once: (the lone one's latencies, every session, wall seconds)."""
+    if args.client == "gradio_client":
+        alone = run_session(url, args.sessions, args.turns, deadline)["latencies"]
+        start = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=args.sessions) as pool:
+            sessions = list(pool.map(lambda n: run_session(url, n, args.turns, deadline), range(args.sessions)))
+        return alone, sessions, time.perf_counter() - start
+    endpoint = SendEndpoint(url)
+
+    async def together() -> tuple[list[dict], float]:
+        start = time.perf_counter()
+        sessions = await asyncio.gather(*(run_browser_session(endpoint, n, args.turns, deadline)
+                                          for n in range(args.sessions)))
+        return list(sessions), time.perf_counter() - start
+
+    alone = asyncio.run(run_browser_session(endpoint, args.sessions, args.turns, deadline))["latencies"]
+    sessions, wall = asyncio.run(together())
+    return alone, sessions, wall
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
@@ -120,6 +202,8 @@ def main() -> None:
     parser.add_argument("--start-timeout", type=float, default=300, help="seconds for the app to load and start")
     parser.add_argument("--time-limit", type=float, default=600, help="seconds; sessions stop starting turns then")
     parser.add_argument("--concurrency", type=int, help="the app's events run at once (default: the app's own)")
+    parser.add_argument("--client", choices=("browser", "gradio_client"), default="browser",
+                        help="how shoppers talk to the app (default: gradio's queue protocol, as a page)")
     parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results/app_concurrency.json")
     args = parser.parse_args()
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -131,11 +215,7 @@ def main() -> None:
         try:
             deadline = time.monotonic() + args.time_limit
             load_before = os.getloadavg()[0]
-            alone = run_session(url, args.sessions, args.turns, deadline)["latencies"]
-            start = time.perf_counter()
-            with ThreadPoolExecutor(max_workers=args.sessions) as pool:
-                sessions = list(pool.map(lambda n: run_session(url, n, args.turns, deadline), range(args.sessions)))
-            wall = time.perf_counter() - start
+            alone, sessions, wall = run_sessions(args, url, deadline)
         finally:
             server.terminate()
             server.wait(timeout=60)
@@ -160,11 +240,11 @@ def main() -> None:
         "wall_s": round(wall, 2), "turns_per_s": round(len(latencies) / wall, 2),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)]},
-        "app_concurrency": args.concurrency or "the app's default (two per core)",
-        "note": "the app served by app.py in its own process on 127.0.0.1; gradio_client sessions all started at "
-                "once; latency is one /send call: queueing, retrieval, the dialog log's write; thumbnails are "
-                "static catalog files (never copied into gradio's cache); the 2 cores were shared with other work "
-                "(load_average_1m before/after)",
+        "app_concurrency": args.concurrency or "the app's default (two per core)", "client": args.client,
+        "note": "the app served by app.py in its own process on 127.0.0.1; the sessions all started at once, "
+                "each sending its next message as soon as the last was answered; latency is one /send call: "
+                "queueing, retrieval, the dialog log's write; thumbnails are static catalog files (never copied "
+                "into gradio's cache); how busy the 2 cores were before and after: load_average_1m",
     }
     atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

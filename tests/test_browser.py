@@ -110,14 +110,18 @@ def test_a_three_turn_dialog_with_a_click_then_reset(page, app_url: tuple[str, P
 
     page.locator("#shop-gallery .thumbnail-item").nth(2).click()
     expect(page.locator("#shop-reference")).to_contain_text("you clicked it", timeout=WAIT_MS)
+    expect(page.locator("#shop-gallery .thumbnail-item.selected")).to_have_count(1, timeout=WAIT_MS)
     clicked = first[2]
     send(page, "in blue with long sleeves", 2)
     page.wait_for_function("ids => ![...document.querySelectorAll('#shop-gallery img')].every("
                            "(img, i) => img.src.includes(ids[i]))", arg=first, timeout=WAIT_MS)
     second = shown_ids(page)
     assert clicked not in second  # the item talked about is not shown again
+    # the old click is not marked on the new results, nor after the next turn (sent without a selection)
+    expect(page.locator("#shop-gallery .thumbnail-item.selected")).to_have_count(0, timeout=WAIT_MS)
     send(page, "shorter", 3)
     expect(page.locator("#shop-understood")).to_contain_text("Understood", timeout=WAIT_MS)
+    expect(page.locator("#shop-gallery .thumbnail-item.selected")).to_have_count(0, timeout=WAIT_MS)
 
     chat = page.locator("#shop-chat [data-testid=user]").all_inner_texts()
     assert chat == ["a red dress", "in blue with long sleeves", "shorter"]

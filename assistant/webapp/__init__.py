@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -72,6 +73,7 @@ def launch_app(assistant: Any, data_dir: str | os.PathLike | None = None, host: 
     """Build and serve the app; with `block=False` it returns (app, local url) and serves from a thread."""
     assistant.warm_up()
     app = build_app(assistant, data_dir, **app_options)
+    gc.freeze()  # the loaded model and catalog live as long as the server: a full collection need not walk them
     _, url, _ = app.launch(server_name=host, server_port=port, allowed_paths=image_folders(assistant.catalog),
                            blocked_paths=private_files(assistant.catalog),
                            prevent_thread_lock=not block, quiet=quiet, theme=THEME, css=CSS,

@@ -45,8 +45,16 @@ def gallery_value(items: Sequence[Item]) -> list[tuple[str, str]]:
     return [(str(item.image_path), item_caption(item)) for item in items]
 
 
-def gallery_update(items: Sequence[Item], selected: int | None = None) -> gr.Gallery:
-    """New results with the selection cleared (or set), so an old click is not shown on new items."""
+def gallery_update(items: Sequence[Item], selected: int | None = None, shown: int | None = -1
+                   ) -> gr.Gallery | list[tuple[str, str]]:
+    """New results with the selection `selected` (None: cleared), so an old click is not shown on new items.
+
+    The page keeps its selection when only new pictures arrive, so when `shown` (the selection the page has)
+    already is `selected`, only the pictures are sent: a `gr.Gallery` update makes gradio rebuild the component's
+    config, a tenth of a served turn. The default `shown` always sends the selection.
+    """
+    if selected == shown:
+        return gallery_value(items)
     return gr.Gallery(value=gallery_value(items), selected_index=selected)
 
 

@@ -24,6 +24,7 @@ class ShopState:
 
     session: ShoppingSession
     history: list[dict] = field(default_factory=list)
+    selected: int | None = None  # the result the page shows selected (a click's), None when none is
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # one event at a time per tab
 
     def say(self, role: str, text: str) -> None:
@@ -57,9 +58,11 @@ def shop_outputs(state: ShopState, status: str = "") -> tuple:
     session = state.session
     reference = session.reference
     selected = session.results.index(session.clicked) if session.clicked in session.results else None
+    gallery = gallery_update(session.results, selected, shown=state.selected)
+    state.selected = selected
     picture = session.photo_image if session.reference_is_photo else \
         str(reference.image_path) if reference and reference.image_path else None
-    return (state, state.history, gallery_update(session.results, selected), picture,
+    return (state, state.history, gallery, picture,
             reference_text(session), understood_text(session), as_text(status), session.id)
 
 
@@ -81,7 +84,9 @@ class ShopHandlers:
     def on_load(self, state: ShopState | None, saved_dialog: str | None) -> tuple:
         if state is None and self.store is not None and saved_dialog:
             state = self.resumed(saved_dialog)
-        return shop_outputs(self.ensure(state))
+        state = self.ensure(state)
+        state.selected = None  # a page just opened shows no selection
+        return shop_outputs(state)
 
     def resumed(self, dialog_id: str) -> ShopState | None:
         """The tab's dialog from the store, its chat retold from the stored turns (None when it is gone)."""
@@ -118,6 +123,7 @@ class ShopHandlers:
         state = self.ensure(state)
         caption = event.value.get("caption") if isinstance(event.value, dict) else None
         with state.lock:
+            state.selected = event.index  # the page marks a clicked picture before it asks
             return self.select_item(state, event.index, caption)
 
     def select_item(self, state: ShopState, index: Any, caption: str | None) -> tuple:
