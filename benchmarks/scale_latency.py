@@ -14,6 +14,7 @@ candidate path and `exact` (no index) the full scoring, so the crossover that se
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import time
@@ -82,7 +83,8 @@ def measure(size: int, real: Catalog, features, retriever, real_items: ItemInput
     catalog = synthetic_catalog(real, size, args.seed)
     vectors = jittered(real_vectors, size, args.jitter, args.seed)
     items = real_items if size == len(real) else tiled_inputs(real_items, size)
-    key, directory = f"scale-{size}-{args.seed}-{args.jitter}", cache_dir() / "benchmarks" / "scale"
+    source = hashlib.sha256(real_vectors.tobytes()).hexdigest()[:12]  # another model's vectors: another index
+    key, directory = f"scale-{size}-{args.seed}-{args.jitter}-{source}", cache_dir() / "benchmarks" / "scale"
     index = cached_index(vectors, IndexConfig(), key=key, directory=directory)
     hnsw = index if index.kind == "hnsw" else cached_index(vectors, IndexConfig(kind="hnsw"), key, directory)
     attributes = [item.attributes for item in catalog]
