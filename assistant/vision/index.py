@@ -333,8 +333,9 @@ def cached_index(vectors: np.ndarray, config: IndexConfig | None = None, key: st
                  directory: Path | None = None) -> VectorIndex:
     """The index for these vectors from `directory` (default: the cache's `index/`), built and saved if absent.
 
-    `key` names the vectors (e.g. the feature cache's backbone + catalog fingerprint); without one the
-    vectors' bytes are hashed. A saved index that fails to load (damaged, other vectors) is rebuilt.
+    `key` names the vectors (e.g. the feature cache's backbone + catalog fingerprint) and must change when they
+    do; without one the vectors' bytes are hashed. A saved index that fails to load (damaged) or holds another
+    number or width of vectors is rebuilt.
     """
     config = config or IndexConfig()
     vectors = _as_matrix(vectors, "vectors")
