@@ -93,14 +93,19 @@ class SendEndpoint:
         outputs = [types[i] for i in dependency["outputs"]]
         self.fn_index, self.trigger_id = dependency["id"], dependency["targets"][0][0]
         self.inputs = len(dependency["inputs"])
+        self.queued = dependency.get("queue") is not False  # an event off the queue is one POST, as the page sends it
         self.chat, self.gallery = outputs.index("chatbot"), outputs.index("gallery")
 
     async def send(self, client: httpx.AsyncClient, session_hash: str, text: str) -> list:
         """Join the queue with the message (the tab's state lives on the server), then read the event stream until
-        this event completes; its outputs."""
-        joined = await client.post(f"{self.url}{self.prefix}/queue/join", json={
-            "data": [text] + [None] * (self.inputs - 1), "event_data": None, "fn_index": self.fn_index,
-            "trigger_id": self.trigger_id, "session_hash": session_hash})
+        this event completes; its outputs. An event off the queue is posted and answered at once."""
+        body = {"data": [text] + [None] * (self.inputs - 1), "event_data": None, "fn_index": self.fn_index,
+                "trigger_id": self.trigger_id, "session_hash": session_hash}
+        if not self.queued:
+            answer = await client.post(f"{self.url}{self.prefix}/run/send", json=body)
+            answer.raise_for_status()
+            return answer.json()["data"]
+        joined = await client.post(f"{self.url}{self.prefix}/queue/join", json=body)
         joined.raise_for_status()
         event_id = joined.json()["event_id"]
         async with client.stream("GET", f"{self.url}{self.prefix}/queue/data",

@@ -24,7 +24,8 @@ from assistant.webapp.watch import watch_tab
 
 
 def default_concurrency() -> int:
-    """Events run at once: a turn is mostly ranking on the CPU (the GIL lets one run at a time) and partly the
+    """Events run at once (gradio's queue), and typed turns at once (they skip the queue and wait in order for
+    one of this many threads): a turn is mostly ranking on the CPU (the GIL lets one run at a time) and partly the
     store's write, so two per core keep the cores busy while one waits for the disk."""
     return 2 * (os.cpu_count() or 1)
 
@@ -42,7 +43,7 @@ def build_app(assistant: Any, data_dir: str | os.PathLike | None = None, watch_d
                     "or upload a photo. Press **This is it** when you find it.", elem_id="title")
         with gr.Tabs():
             with gr.Tab("Shop", id="shop"):
-                shop_tab(app, assistant, store)
+                shop_tab(app, assistant, store, concurrency or default_concurrency())
             with gr.Tab("Watch a simulated shopper", id="watch"):
                 watch_tab(assistant, watch_delay)
     app.queue(default_concurrency_limit=concurrency or default_concurrency())
@@ -105,7 +106,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--data", help="folder for the dialog log (default: the cache's dialogs/)")
     parser.add_argument("--split", choices=SPLITS,
                         help="serve only this split of the catalog (test: the items held out from training)")
-    parser.add_argument("--concurrency", type=int, help="events run at once (default: two per CPU core)")
+    parser.add_argument("--concurrency", type=int,
+                        help="events (and typed turns) run at once (default: two per CPU core)")
     args = parser.parse_args(argv)
     serve(args.model, load_catalog(args.catalog, images_root=args.images_root, split=args.split), args.host,
           args.port, args.data, args.concurrency)

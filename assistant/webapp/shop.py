@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,9 +76,11 @@ def unchanged(state: ShopState, status: str) -> tuple:
 class ShopHandlers:
     """The shop tab's events; each takes the tab's state (None on a new tab) and returns what the tab shows."""
 
-    def __init__(self, assistant: Any, store: DialogStore | None) -> None:
+    def __init__(self, assistant: Any, store: DialogStore | None, turn_threads: int = 1) -> None:
         self.assistant = assistant
         self.store = store
+        # typed turns, the busiest event, skip gradio's queue (one POST, no event stream) and wait here in order
+        self.turns = ThreadPoolExecutor(max_workers=turn_threads, thread_name_prefix="shop-turn")
 
     def ensure(self, state: ShopState | None) -> ShopState:
         return state if state is not None else ShopState(ShoppingSession(self.assistant, self.store))
@@ -106,7 +110,10 @@ class ShopHandlers:
             state.say("assistant", results_message(session))
         return state
 
-    def on_send(self, text: str, state: ShopState | None) -> tuple:
+    async def on_send(self, text: str, state: ShopState | None) -> tuple:
+        return await asyncio.get_running_loop().run_in_executor(self.turns, self.send_in_order, text, state)
+
+    def send_in_order(self, text: str, state: ShopState | None) -> tuple:
         state = self.ensure(state)
         with state.lock:
             return self.send_message(text, state)
@@ -179,10 +186,10 @@ def browser_secret(fingerprint: str, store: DialogStore | None) -> str:
     return hashlib.sha256(f"{fingerprint}|{where}".encode()).hexdigest()[:32]
 
 
-def shop_tab(app: gr.Blocks, assistant: Any, store: DialogStore | None) -> None:
+def shop_tab(app: gr.Blocks, assistant: Any, store: DialogStore | None, turn_threads: int = 1) -> None:
     """Lay out the shop tab (inside an open gr.Tab) and wire its events, including the app's page load; a tab
     that comes back (a reload, a restarted server) carries on with its stored dialog."""
-    handlers = ShopHandlers(assistant, store)
+    handlers = ShopHandlers(assistant, store, turn_threads)
     state = gr.State(None)
     saved_dialog = gr.BrowserState(None, storage_key="fashion-assistant-dialog",
                                    secret=browser_secret(assistant.catalog.fingerprint, store))
@@ -209,8 +216,8 @@ def shop_tab(app: gr.Blocks, assistant: Any, store: DialogStore | None) -> None:
             gallery = results_gallery("Results", "shop-gallery")
     outputs = [state, chatbot, gallery, reference_image, reference, understood, status, saved_dialog]
     app.load(handlers.on_load, [state, saved_dialog], outputs, api_name=False)
-    send.click(handlers.on_send, [message, state], [*outputs, message], api_name="send")
-    message.submit(handlers.on_send, [message, state], [*outputs, message], api_name=False)
+    send.click(handlers.on_send, [message, state], [*outputs, message], api_name="send", queue=False)
+    message.submit(handlers.on_send, [message, state], [*outputs, message], api_name=False, queue=False)
     gallery.select(handlers.on_select, [state], outputs, api_name="select")
     photo_button.upload(handlers.on_photo, [photo_button, state], outputs, api_name="photo")
     pick.click(handlers.on_pick, [state], outputs, api_name="pick")
