@@ -94,15 +94,27 @@ class SendEndpoint:
         self.fn_index, self.trigger_id = dependency["id"], dependency["targets"][0][0]
         self.inputs = len(dependency["inputs"])
         self.queued = dependency.get("queue") is not False  # an event off the queue is one POST, as the page sends it
+        # what the page runs after each turn (`.then` events: one input, the tab's state), off the queue or on it
+        self.after = [(d["id"], len(d["inputs"]), d.get("queue") is not False) for d in config["dependencies"]
+                      if d.get("trigger_after") == dependency["id"]]
         self.chat, self.gallery = outputs.index("chatbot"), outputs.index("gallery")
 
     async def send(self, client: httpx.AsyncClient, session_hash: str, text: str) -> list:
-        """Join the queue with the message (the tab's state lives on the server), then read the event stream until
-        this event completes; its outputs. An event off the queue is posted and answered at once."""
-        body = {"data": [text] + [None] * (self.inputs - 1), "event_data": None, "fn_index": self.fn_index,
-                "trigger_id": self.trigger_id, "session_hash": session_hash}
-        if not self.queued:
-            answer = await client.post(f"{self.url}{self.prefix}/run/send", json=body)
+        """The message as the page sends it (the tab's state lives on the server), then the events the page runs
+        after it; the message's outputs."""
+        out = await self.run(client, session_hash, self.fn_index, [text] + [None] * (self.inputs - 1), self.queued)
+        for fn_index, inputs, queued in self.after:
+            await self.run(client, session_hash, fn_index, [None] * inputs, queued)
+        return out
+
+    async def run(self, client: httpx.AsyncClient, session_hash: str, fn_index: int, data: list, queued: bool
+                  ) -> list:
+        """One event: posted and answered at once when it is off the queue; else joined to the queue, its answer
+        read from the event stream."""
+        body = {"data": data, "event_data": None, "fn_index": fn_index, "trigger_id": self.trigger_id,
+                "session_hash": session_hash}
+        if not queued:
+            answer = await client.post(f"{self.url}{self.prefix}/run/predict", json=body)
             answer.raise_for_status()
             return answer.json()["data"]
         joined = await client.post(f"{self.url}{self.prefix}/queue/join", json=body)

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import html
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from gradio.components.gallery import GalleryData, GalleryImage
+from gradio.data_classes import GradioModel, GradioRootModel, ImageData
+from gradio_client import utils as client_utils
 
 from assistant.core.catalog import Item
 from assistant.core.messages import item_caption
@@ -46,16 +50,46 @@ def gallery_value(items: Sequence[Item]) -> list[tuple[str, str]]:
 
 
 def gallery_update(items: Sequence[Item], selected: int | None = None, shown: int | None = -1
-                   ) -> gr.Gallery | list[tuple[str, str]]:
+                   ) -> dict[str, Any] | list[tuple[str, str]]:
     """New results with the selection `selected` (None: cleared), so an old click is not shown on new items.
 
     The page keeps its selection when only new pictures arrive, so when `shown` (the selection the page has)
-    already is `selected`, only the pictures are sent: a `gr.Gallery` update makes gradio rebuild the component's
-    config, a tenth of a served turn. The default `shown` always sends the selection.
+    already is `selected`, only the pictures are sent: an update of the selection makes gradio rebuild the
+    component's config, a tenth of a served turn. The default `shown` always sends the selection.
     """
     if selected == shown:
         return gallery_value(items)
-    return gr.Gallery(value=gallery_value(items), selected_index=selected)
+    return gr.update(value=gallery_value(items), selected_index=selected)
+
+
+def gallery_data(value: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+    """Pictures and captions as the page reads a gallery's value (what gr.Gallery.postprocess makes of catalog
+    files, without its thread pool per update)."""
+    return GalleryData(root=[GalleryImage(image=ImageData(path=path, orig_name=Path(path).name,
+                                                          mime_type=client_utils.get_mimetype(path)), caption=caption)
+                             for path, caption in value]).model_dump()
+
+
+class PageValues:
+    """An event's outputs made into what the page reads, in the handler's thread, for an event registered with
+    `postprocess=False`: gradio's own postprocessing hops to a thread per output, checks every picture's path
+    twice and starts a thread pool per gallery update, most of a served turn's time besides the ranking."""
+
+    def __init__(self, outputs: Sequence[gr.components.Component], gallery: gr.Gallery) -> None:
+        self.outputs, self.gallery = list(outputs), gallery
+
+    def __call__(self, values: Sequence[Any]) -> tuple:
+        return tuple(self.value(component, value) for component, value in zip(self.outputs, values, strict=True))
+
+    def value(self, component: gr.components.Component, value: Any) -> Any:
+        if isinstance(value, dict) and value.get("__type__") == "update":  # gr.skip(), or new properties
+            return {**value, "value": self.value(component, value["value"])} if "value" in value else value
+        if component.stateful:
+            return value
+        if component is self.gallery:
+            return gallery_data(value)
+        shown = component.postprocess(value)
+        return shown.model_dump() if isinstance(shown, GradioModel | GradioRootModel) else shown
 
 
 def results_gallery(label: str, elem_id: str) -> gr.Gallery:

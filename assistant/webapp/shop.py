@@ -15,7 +15,14 @@ import gradio as gr
 from assistant.core.messages import format_understood, item_caption, key_attributes
 from assistant.core.store import DialogStore
 from assistant.session import ForeignDialog, ShoppingSession
-from assistant.webapp.layout import CHAT_OPTIONS, as_text, gallery_update, results_gallery, thumbnail
+from assistant.webapp.layout import (
+    CHAT_OPTIONS,
+    PageValues,
+    as_text,
+    gallery_update,
+    results_gallery,
+    thumbnail,
+)
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +34,7 @@ class ShopState:
     session: ShoppingSession
     history: list[dict] = field(default_factory=list)
     selected: int | None = None  # the result the page shows selected (a click's), None when none is
+    stale_mark: bool = False  # a typed turn's new results still show an old click's mark (cleared right after)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # one event at a time per tab
 
     def say(self, role: str, text: str) -> None:
@@ -76,11 +84,14 @@ def unchanged(state: ShopState, status: str) -> tuple:
 class ShopHandlers:
     """The shop tab's events; each takes the tab's state (None on a new tab) and returns what the tab shows."""
 
-    def __init__(self, assistant: Any, store: DialogStore | None, turn_threads: int = 1) -> None:
+    def __init__(self, assistant: Any, store: DialogStore | None, turn_threads: int = 1,
+                 turn_page: PageValues | None = None) -> None:
         self.assistant = assistant
         self.store = store
-        # typed turns, the busiest event, skip gradio's queue (one POST, no event stream) and wait here in order
+        # Typed turns, the busiest event, skip gradio's queue (one POST, no event stream) and wait here in order;
+        # with `turn_page` their outputs are made into what the page reads here, not by gradio's postprocessing.
         self.turns = ThreadPoolExecutor(max_workers=turn_threads, thread_name_prefix="shop-turn")
+        self.turn_page = turn_page
 
     def ensure(self, state: ShopState | None) -> ShopState:
         return state if state is not None else ShopState(ShoppingSession(self.assistant, self.store))
@@ -116,7 +127,18 @@ class ShopHandlers:
     def send_in_order(self, text: str, state: ShopState | None) -> tuple:
         state = self.ensure(state)
         with state.lock:
-            return self.send_message(text, state)
+            marked = state.selected is not None
+            outputs = self.send_message(text, state)
+            state.stale_mark = marked and state.selected is None
+        return self.turn_page(outputs) if self.turn_page is not None else outputs
+
+    def on_turn_shown(self, state: ShopState | None) -> dict:
+        """After a typed turn: clear the old click's mark on the new results (a turn's outputs made by PageValues
+        can set the gallery's selection but not clear it: gradio drops a None property from an update)."""
+        if state is None or not state.stale_mark:
+            return gr.skip()
+        state.stale_mark = False
+        return gr.Gallery(selected_index=None)
 
     def send_message(self, text: str, state: ShopState) -> tuple:
         outcome = state.session.say(text)
@@ -189,7 +211,6 @@ def browser_secret(fingerprint: str, store: DialogStore | None) -> str:
 def shop_tab(app: gr.Blocks, assistant: Any, store: DialogStore | None, turn_threads: int = 1) -> None:
     """Lay out the shop tab (inside an open gr.Tab) and wire its events, including the app's page load; a tab
     that comes back (a reload, a restarted server) carries on with its stored dialog."""
-    handlers = ShopHandlers(assistant, store, turn_threads)
     state = gr.State(None)
     saved_dialog = gr.BrowserState(None, storage_key="fashion-assistant-dialog",
                                    secret=browser_secret(assistant.catalog.fingerprint, store))
@@ -215,9 +236,13 @@ def shop_tab(app: gr.Blocks, assistant: Any, store: DialogStore | None, turn_thr
                     understood = gr.Markdown(elem_id="shop-understood")
             gallery = results_gallery("Results", "shop-gallery")
     outputs = [state, chatbot, gallery, reference_image, reference, understood, status, saved_dialog]
+    handlers = ShopHandlers(assistant, store, turn_threads, PageValues([*outputs, message], gallery))
     app.load(handlers.on_load, [state, saved_dialog], outputs, api_name=False)
-    send.click(handlers.on_send, [message, state], [*outputs, message], api_name="send", queue=False)
-    message.submit(handlers.on_send, [message, state], [*outputs, message], api_name=False, queue=False)
+    for typed in (send.click(handlers.on_send, [message, state], [*outputs, message], api_name="send", queue=False,
+                             postprocess=False),
+                  message.submit(handlers.on_send, [message, state], [*outputs, message], api_name=False,
+                                 queue=False, postprocess=False)):
+        typed.then(handlers.on_turn_shown, [state], [gallery], api_name=False, queue=False, show_progress="hidden")
     gallery.select(handlers.on_select, [state], outputs, api_name="select")
     photo_button.upload(handlers.on_photo, [photo_button, state], outputs, api_name="photo")
     pick.click(handlers.on_pick, [state], outputs, api_name="pick")

@@ -64,7 +64,7 @@ def available_shoppers(assistant: Any) -> list[str]:
     return kinds or ["template"]
 
 
-def watch_gallery_update(results: list[Item], target: Item) -> gr.Gallery:
+def watch_gallery_update(results: list[Item], target: Item) -> dict[str, Any]:
     """The first page of results, with the hidden target selected when it is on it."""
     shown = results[:PAGE_SIZE]
     return gallery_update(shown, shown.index(target) if target in shown else None)
