@@ -101,6 +101,30 @@ def sessions_by_first_text(data_dir: Path) -> dict[str, dict]:
     return {d["turns"][0]["text"]: d for d in read_dialogs(data_dir) if d["turns"]}
 
 
+def test_a_typed_turns_outputs_are_what_gradio_would_send(demo_assistant) -> None:
+    """The send event skips gradio's postprocessing (postprocess=False): the values PageValues makes must be the
+    ones gradio's components make of the same outputs."""
+    import gradio as gr
+
+    from assistant.webapp.layout import PageValues, gallery_value, results_gallery
+
+    items = list(demo_assistant.catalog)[:12]
+    with gr.Blocks():
+        chat, gallery = gr.Chatbot(), results_gallery("Results", "g")
+        note, state = gr.Markdown(), gr.State(None)
+    page = PageValues([state, chat, gallery, note], gallery)
+    history = [{"role": "user", "content": "a red dress"}, {"role": "assistant", "content": "Top match: x."}]
+    made = page(("kept", history, gallery_value(items), "  **Understood:** red"))
+    assert made[0] == "kept"  # the tab's state passes through to gradio's session store
+    assert made[1] == chat.postprocess(history).model_dump()
+    assert made[2] == gallery.postprocess(gallery_value(items)).model_dump()
+    assert [Path(entry["image"]["path"]) for entry in made[2]] == [item.image_path for item in items]
+    assert made[3] == note.postprocess("  **Understood:** red")
+    assert page([gr.skip()] * 4) == (gr.skip(),) * 4
+    update = page([gr.skip(), gr.skip(), gr.update(value=gallery_value(items[:3]), selected_index=1), gr.skip()])[2]
+    assert update["selected_index"] == 1 and len(update["value"]) == 3
+
+
 # --- what a shopper types or uploads, before any dialog --------------------------------------------------------
 
 
