@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -49,10 +50,15 @@ def real_catalog(fpi_root: Path):
 
 def _on_one_thread(target: Callable, args: tuple, kwargs: dict) -> None:
     import torch
+    from tqdm import auto, std
 
     # First, before any torch op: with one thread torch never enters an OpenMP parallel region, and a forked
     # child that did would wait forever at a barrier for the parent's OpenMP worker threads (fork copies none).
     torch.set_num_threads(1)
+    # The progress bars' lock is shared between processes: a child killed while writing its bar would hold it
+    # forever, and the parent's next progress bar (every later test's) would wait on it. The child gets its own.
+    for bar in {std.tqdm, auto.tqdm}:
+        bar.set_lock(threading.RLock())
     target(*args, **kwargs)
 
 
