@@ -237,14 +237,14 @@ def shop_tab(app: gr.Blocks, assistant: Any, store: DialogStore | None, turn_thr
             gallery = results_gallery("Results", "shop-gallery")
     outputs = [state, chatbot, gallery, reference_image, reference, understood, status, saved_dialog]
     handlers = ShopHandlers(assistant, store, turn_threads, PageValues([*outputs, message], gallery))
-    app.load(handlers.on_load, [state, saved_dialog], outputs, api_name=False)
-    for typed in (send.click(handlers.on_send, [message, state], [*outputs, message], api_name="send", queue=False,
-                             postprocess=False),
-                  message.submit(handlers.on_send, [message, state], [*outputs, message], api_name=False,
-                                 queue=False, postprocess=False)):
-        typed.then(handlers.on_turn_shown, [state], [gallery], api_name=False, queue=False, show_progress="hidden")
+    hidden = {"api_visibility": "undocumented"}  # the page's own events: callable, not in the API docs
+    app.load(handlers.on_load, [state, saved_dialog], outputs, **hidden)
+    typed = {"queue": False, "postprocess": False}
+    for turn in (send.click(handlers.on_send, [message, state], [*outputs, message], api_name="send", **typed),
+                 message.submit(handlers.on_send, [message, state], [*outputs, message], **hidden, **typed)):
+        turn.then(handlers.on_turn_shown, [state], [gallery], queue=False, show_progress="hidden", **hidden)
     gallery.select(handlers.on_select, [state], outputs, api_name="select")
     photo_button.upload(handlers.on_photo, [photo_button, state], outputs, api_name="photo")
     pick.click(handlers.on_pick, [state], outputs, api_name="pick")
     reset.click(handlers.on_reset, [state], [*outputs, message], api_name="reset")
-    chatbot.clear(handlers.on_reset, [state], [*outputs, message], api_name=False)
+    chatbot.clear(handlers.on_reset, [state], [*outputs, message], **hidden)

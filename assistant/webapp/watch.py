@@ -157,6 +157,6 @@ def watch_tab(assistant: Any, watch_delay: float) -> None:
             rank_plot = gr.Plot(show_label=False, format="png", elem_id="watch-plot")
             watch_gallery = results_gallery("What the assistant shows", "watch-gallery")
     draw.click(handlers.on_draw_target, None, [target_id, target_image, target_text], api_name="draw_target")
-    target_id.submit(handlers.target_preview, [target_id], [target_image, target_text], api_name=False)
+    target_id.submit(handlers.target_preview, [target_id], [target_image, target_text], api_visibility="undocumented")
     start_watch.click(handlers.on_watch, [user_kind, target_id, turns],
                       [watch_chat, watch_gallery, rank_plot, watch_status], api_name="watch")
