@@ -110,3 +110,21 @@ def test_later_turns_override_and_the_understood_line_shows_what_is_ruled_out(fp
     assert "baseColour: Green" in line and "not red, rust" in line
     back = fpi.understand(DialogState([Turn(None, "not red"), Turn(None, "actually red is fine")]))
     assert back.best()["baseColour"] == "Red" and "Red" not in back.ruled_out.get("baseColour", set())
+
+
+@pytest.mark.parametrize(("typed", "value"), [("a pair of jeanss", ("articleType", "Jeans")),
+                                              ("trowsers for men", ("articleType", "Trousers")),
+                                              ("a sweatshrit", ("articleType", "Sweatshirts")),
+                                              ("a burgandy top", ("baseColour", "Burgundy")),
+                                              ("wrist watchs", ("articleType", "Watches"))])
+def test_misspelt_shop_words_are_read_as_meant(fpi: SemanticReader, typed: str, value: tuple[str, str]) -> None:
+    name, wanted = value
+    assert fpi.read(typed).wanted.get(name, {}).get(wanted) == 1.0, fpi.read(typed).wanted
+
+
+def test_english_words_and_short_words_are_never_corrected(fpi: SemanticReader) -> None:
+    # English words (MiniLM's vocabulary) stay; "tope" is too short to correct safely; a word more than an edit
+    # or two from every shop word stays as typed
+    kept = ["comfy", "printed", "leather", "showers", "tope", "lippies"]
+    assert fpi.spelled([*kept, "sneekers"]) == [*kept, "sneakers"]
+    assert SemanticReader(FPI, semantic=False).spelled(["sunglases"]) == ["sunglases"]  # no dictionary: no guess

@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from rapidfuzz import process
+from rapidfuzz.distance import DamerauLevenshtein
 from transformers import AutoModel, AutoTokenizer
 
 from assistant.core.catalog import vocabulary_of
-from assistant.core.colours import ColourSense
+from assistant.core.colours import ColourSense, colour_names
 from assistant.core.feedback import PUNCTUATION, STOP_WORDS, AttributeParser, attribute_kind, name_words, tokenize
 from assistant.core.lexicon import KIND_GLOSS, PEOPLE, PHRASES, audience, audience_credit
 from assistant.core.meaning import Matcher, cosine_matcher, shipped_matcher
@@ -40,6 +42,15 @@ thing things garment garments apparel style styles option options product produc
 CUE_WORDS = frozenset(word for cue in PRE_CUES + POST_CUES for word in cue)
 READING_CACHE = 4096
 PHRASE_CACHE = 20_000
+SPELLING_MIN_LETTERS = 5  # shorter words are too close to too many others to be corrected safely
+SPELLING_LONG_WORD = 8  # a word this long may be two edits (a typo's letter swapped, doubled, dropped) off; else one
+
+
+@functools.cache
+def english_words() -> frozenset[str]:
+    """Whole words of MiniLM's WordPiece vocabulary (30k, lowercase): words a shopper may use as they are."""
+    vocabulary = AutoTokenizer.from_pretrained(local_text_source(MINILM_NAME)).get_vocab()
+    return frozenset(word for word in vocabulary if word.isalpha())
 
 
 def residual_grams(tokens: list[str], taken: set[int]) -> list[tuple[int, int]]:
@@ -179,6 +190,12 @@ class SemanticReader:
                     self.phrases[tuple(tokenize(phrase))] = (kind, alternatives)
         self.people = {tuple(tokenize(p)): person for p, person in PEOPLE.items()} if any(self.audiences.values()) \
             else {}
+        # the words a misspelling may be corrected to: the catalog's values, the lexicon's, colour names
+        self.spellings = sorted({word for phrase in [*(v for vs in self.values.values() for v in vs),
+                                                     *(p for t in PHRASES.values() for p in t), *PEOPLE,
+                                                     *colour_names()]
+                                 for word in tokenize(phrase) if word.isalpha() and len(word) >= SPELLING_MIN_LETTERS})
+        self._known = frozenset(self.spellings) | STOP_WORDS | CUE_WORDS | GENERIC_WORDS | set(RELATIVE_WORDS)
         self._readings: OrderedDict[str, Reading] = OrderedDict()
         self._descriptions: tuple[list[tuple[str, str]], np.ndarray] | None = None
         self.matcher = matcher or shipped_matcher() or cosine_matcher(SEMANTIC_THRESHOLD)
@@ -388,12 +405,35 @@ class SemanticReader:
         return sorted(found, key=lambda m: m.start)
 
     # --- messages and dialogs ------------------------------------------------------------------------------
+    def spelled(self, tokens: list[str]) -> list[str]:
+        """The tokens with misspelt shop words corrected ("sneekers" -> "sneakers"): a word that is neither an
+        English word (MiniLM's vocabulary) nor one of the reader's own becomes its plural when that is one of the
+        reader's words, else the one reader's word within one edit (two for long words; a swap of neighbours is
+        one); when several are as near ("tshirt": shirt or tshirts) it is left as typed. Without MiniLM
+        (`semantic=False`) no word is corrected: with no dictionary, "leather" would become "weather"."""
+        if not self.semantic:
+            return tokens
+        known = self._known | english_words()
+        return [self._spelling(token) if len(token) >= SPELLING_MIN_LETTERS and token.isalpha()
+                and token not in known else token for token in tokens]
+
+    @functools.lru_cache(maxsize=4096)  # noqa: B019 (a reader lives as long as its catalog)
+    def _spelling(self, token: str) -> str:
+        plural = next((token + end for end in ("s", "es") if token + end in self._known), None)
+        if plural is not None:
+            return plural
+        edits = 2 if len(token) >= SPELLING_LONG_WORD else 1
+        near = process.extract(token, self.spellings, scorer=DamerauLevenshtein.distance, score_cutoff=edits,
+                               limit=None)
+        nearest = [word for word, distance, _ in near if distance == min(d for _, d, _ in near)]
+        return nearest[0] if len(nearest) == 1 else token
+
     def read(self, text: str) -> Reading:
         """What one message says (cached per string, bounded)."""
         if text in self._readings:
             self._readings.move_to_end(text)
             return self._readings[text]
-        tokens = tokenize(text)
+        tokens = self.spelled(tokenize(text))
         mentions = self.mentions(tokens)
         negated = negated_mentions(tokens, [(m.start, m.end) for m in mentions])
         reading = Reading(mentions=mentions)
