@@ -1,6 +1,7 @@
 """The semantic feedback reader: a shopper's own words -> wanted values (with credit) and ruled-out values.
 
-Mentions are found, longest first, by the catalog's exact value words (AttributeParser), the reviewed lexicon
+Misspelt shop words are corrected first ("sneekers"). Mentions are then found, longest first, by the catalog's
+exact value words (AttributeParser), the reviewed lexicon
 (kinds, occasions, seasons, people), colour names in CIELAB (assistant.core.colours) and, for the words left,
 MiniLM phrase vectors against descriptions of every attribute value; assistant.core.negation decides which
 mentions are ruled out.
