@@ -414,9 +414,9 @@ class SemanticReader:
         (`semantic=False`) no word is corrected: with no dictionary, "leather" would become "weather"."""
         if not self.semantic:
             return tokens
-        known = self._known | english_words()
+        english = english_words()
         return [self._spelling(token) if len(token) >= SPELLING_MIN_LETTERS and token.isalpha()
-                and token not in known else token for token in tokens]
+                and token not in self._known and token not in english else token for token in tokens]
 
     @functools.lru_cache(maxsize=4096)  # noqa: B019 (a reader lives as long as its catalog)
     def _spelling(self, token: str) -> str:
