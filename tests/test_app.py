@@ -112,7 +112,7 @@ def test_a_typed_turns_outputs_are_what_gradio_would_send(demo_assistant) -> Non
     with gr.Blocks():
         chat, gallery = gr.Chatbot(), results_gallery("Results", "g")
         note, state = gr.Markdown(), gr.State(None)
-    page = PageValues([state, chat, gallery, note], gallery)
+    page = PageValues([state, chat, gallery, note])
     history = [{"role": "user", "content": "a red dress"}, {"role": "assistant", "content": "Top match: x."}]
     made = page(("kept", history, gallery_value(items), "  **Understood:** red"))
     assert made[0] == "kept"  # the tab's state passes through to gradio's session store

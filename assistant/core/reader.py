@@ -426,7 +426,7 @@ class SemanticReader:
         edits = 2 if len(token) >= SPELLING_LONG_WORD else 1
         near = process.extract(token, self.spellings, scorer=DamerauLevenshtein.distance, score_cutoff=edits,
                                limit=None)
-        nearest = [word for word, distance, _ in near if distance == min(d for _, d, _ in near)]
+        nearest = [word for word, distance, _ in near if distance == near[0][1]]  # extract sorts nearest first
         return nearest[0] if len(nearest) == 1 else token
 
     def read(self, text: str) -> Reading:

@@ -38,15 +38,16 @@ def build_app(assistant: Any, data_dir: str | os.PathLike | None = None, watch_d
     # The catalog's pictures are served from their own folders: gradio neither hashes nor copies them each turn.
     gr.set_static_paths(image_folders(assistant.catalog))
     store = open_store(data_dir, source="app", catalog=assistant.catalog.fingerprint) if data_dir else None
+    concurrency = concurrency or default_concurrency()
     with gr.Blocks(title="Fashion assistant", delete_cache=(3600, 3600)) as app:
         gr.Markdown("# Fashion assistant\nDescribe what you want, click an item to say how it should change, "
                     "or upload a photo. Press **This is it** when you find it.", elem_id="title")
         with gr.Tabs():
             with gr.Tab("Shop", id="shop"):
-                shop_tab(app, assistant, store, concurrency or default_concurrency())
+                shop_tab(app, assistant, store, concurrency)
             with gr.Tab("Watch a simulated shopper", id="watch"):
                 watch_tab(assistant, watch_delay)
-    app.queue(default_concurrency_limit=concurrency or default_concurrency())
+    app.queue(default_concurrency_limit=concurrency)
     return app
 
 

@@ -75,8 +75,8 @@ class PageValues:
     `postprocess=False`: gradio's own postprocessing hops to a thread per output, checks every picture's path
     twice and starts a thread pool per gallery update, most of a served turn's time besides the ranking."""
 
-    def __init__(self, outputs: Sequence[gr.components.Component], gallery: gr.Gallery) -> None:
-        self.outputs, self.gallery = list(outputs), gallery
+    def __init__(self, outputs: Sequence[gr.components.Component]) -> None:
+        self.outputs = list(outputs)
 
     def __call__(self, values: Sequence[Any]) -> tuple:
         return tuple(self.value(component, value) for component, value in zip(self.outputs, values, strict=True))
@@ -86,7 +86,7 @@ class PageValues:
             return {**value, "value": self.value(component, value["value"])} if "value" in value else value
         if component.stateful:
             return value
-        if component is self.gallery:
+        if isinstance(component, gr.Gallery):  # the results: catalog pictures and captions
             return gallery_data(value)
         shown = component.postprocess(value)
         return shown.model_dump() if isinstance(shown, GradioModel | GradioRootModel) else shown

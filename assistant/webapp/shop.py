@@ -236,7 +236,7 @@ def shop_tab(app: gr.Blocks, assistant: Any, store: DialogStore | None, turn_thr
                     understood = gr.Markdown(elem_id="shop-understood")
             gallery = results_gallery("Results", "shop-gallery")
     outputs = [state, chatbot, gallery, reference_image, reference, understood, status, saved_dialog]
-    handlers = ShopHandlers(assistant, store, turn_threads, PageValues([*outputs, message], gallery))
+    handlers = ShopHandlers(assistant, store, turn_threads, PageValues([*outputs, message]))
     hidden = {"api_visibility": "undocumented"}  # the page's own events: callable, not in the API docs
     app.load(handlers.on_load, [state, saved_dialog], outputs, **hidden)
     typed = {"queue": False, "postprocess": False}
