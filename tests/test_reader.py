@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from assistant.core.colours import ColourSense, colour_lab
+from assistant.core.colours import ColourSense, colour_lab, nearest_family
 from assistant.core.dialog import DialogState, Turn
 from assistant.core.messages import format_understood
 from assistant.core.reader import SemanticReader, phrase_bank_scores
@@ -110,6 +110,40 @@ def test_later_turns_override_and_the_understood_line_shows_what_is_ruled_out(fp
     assert "baseColour: Green" in line and "not red, rust" in line
     back = fpi.understand(DialogState([Turn(None, "not red"), Turn(None, "actually red is fine")]))
     assert back.best()["baseColour"] == "Red" and "Red" not in back.ruled_out.get("baseColour", set())
+
+
+def test_a_kind_made_for_women_implies_who_it_is_for_until_the_shopper_says(fpi: SemanticReader) -> None:
+    assert fpi.read("a lehenga").wanted["gender"].keys() >= {"Women", "Girls"}
+    assert fpi.read("a lehenga for my niece").wanted["gender"] == {"Girls": 1.0}
+    assert "gender" not in fpi.read("no lehengas please").ruled_out
+    assert fpi.read("a satchel").wanted == {"articleType": {"Handbags": 1.0}}  # a bag, not a wallet
+
+
+def test_a_colour_word_credits_every_shade_of_its_own_family() -> None:
+    sense = ColourSense(FPI["baseColour"])
+    for word in ("mint", "tangerine", "emerald", "wine"):
+        credits = sense.wanted(word)
+        family = nearest_family(colour_lab(word))
+        members = [v for v in sense.family_members(family) if sense.labels[v].lab is not None]
+        assert members and all(credits.get(v, 0.0) >= 0.1 for v in members), (word, family)
+    mint = sense.wanted("mint")  # other greens before the light neutrals near it
+    assert min(mint[v] for v in ("Green", "Lime Green")) > max(mint.get(v, 0.0) for v in ("Cream", "Beige"))
+
+
+def test_each_turns_understanding_and_reading_many_at_once(fpi: SemanticReader) -> None:
+    state = DialogState([Turn(None, "a red dress"), Turn(None, "not red, something in green"),
+                         Turn(None, "for my niece")])
+    each = list(fpi.understandings(state))
+    assert len(each) == 3 and each[0].best()["baseColour"] == "Red" and "gender" not in each[1].best()
+    assert each[1].best()["baseColour"] == "Green" and "Red" in each[1].ruled_out["baseColour"]
+    assert each[-1] == fpi.understand(state) and each[0] is not each[1]
+    texts = ["a jumper for chilly evenings", "kicks for my nephew, not white", "something for a sangeet",
+             "a lilac top, nothing sleeveless"]
+    batched = SemanticReader(FPI, encoder=fpi.encoder)
+    batched.read_all(texts + texts)
+    one_by_one = SemanticReader(FPI, encoder=fpi.encoder)
+    for text in texts:
+        assert batched.read(text) == one_by_one.read(text)
 
 
 @pytest.mark.parametrize(("typed", "value"), [("a pair of jeanss", ("articleType", "Jeans")),

@@ -162,8 +162,15 @@ class ColourSense:
         if not distances:
             return {}
         nearest = min(distances.values())
-        return {value: round(max(0.05, 1.0 - (d - nearest) / NEAREST_SPAN), 3)
-                for value, d in sorted(distances.items(), key=lambda kv: kv[1]) if d - nearest < NEAREST_SPAN}
+        credits = {value: round(max(0.05, 1.0 - (d - nearest) / NEAREST_SPAN), 3)
+                   for value, d in sorted(distances.items(), key=lambda kv: kv[1]) if d - nearest < NEAREST_SPAN}
+        if not named:  # the shades of the word's own family come before nearer labels of another ("mint": greens)
+            family = nearest_family(lab)
+            for value in self.family_members(family):
+                if value in distances:
+                    shade = round(SHADE_CREDIT * max(0.15, 1.0 - distances[value] / 60.0), 3)
+                    credits[value] = max(credits.get(value, 0.0), shade)
+        return credits
 
     def neighbours(self, value: str) -> dict[str, float]:
         """Other labels near one label: shades of its family (up to SHADE_CREDIT, fading with CIEDE2000) and any

@@ -10,8 +10,10 @@ PHRASES: dict[str, dict[str, tuple[str, ...]]] = {
         **dict.fromkeys(("kicks", "sneakers", "sneaker", "trainers", "trainer", "plimsolls", "plimsoll", "runners",
                          "running shoes", "canvas shoes", "high tops", "skate shoes"),
                         ("sports shoes", "casual shoes", "sneakers", "shoes")),
-        **dict.fromkeys(("loafers", "brogues", "oxfords", "derbies", "moccasins", "dress shoes", "office shoes"),
-                        ("formal shoes", "casual shoes", "shoes")),
+        **dict.fromkeys(("brogues", "oxfords", "oxford shoes", "derbies", "wingtips", "monk straps", "dress shoes",
+                         "office shoes"), ("formal shoes", "shoes")),
+        **dict.fromkeys(("loafers", "moccasins", "boat shoes", "deck shoes", "espadrilles", "slip ons", "slip-ons"),
+                        ("casual shoes", "formal shoes", "shoes")),
         **dict.fromkeys(("pumps", "stilettos", "stilettoes", "wedges", "platforms"), ("heels",)),
         **dict.fromkeys(("ballerinas", "ballet flats", "ballet pumps", "mules"), ("flats",)),
         **dict.fromkeys(("slides", "chappals", "slippers", "thongs", "hawaii chappals"), ("flip flops", "sandals")),
@@ -22,16 +24,21 @@ PHRASES: dict[str, dict[str, tuple[str, ...]]] = {
         **dict.fromkeys(("polo", "polos", "polo shirt", "polo shirts", "tee", "tees", "jersey", "jerseys",
                          "graphic tee"), ("tshirts", "t-shirts", "t-shirt")),
         **dict.fromkeys(("blouse", "blouses"), ("tops", "shirts", "shirt")),
+        **dict.fromkeys(("button-down", "button down", "button-downs", "button up", "button-up", "dress shirt",
+                         "oxford shirt", "flannel shirt", "flannel", "formal shirt"), ("shirts", "shirt")),
         **dict.fromkeys(("tank top", "tank tops", "cami", "camis", "crop top", "crop tops", "vest top"),
                         ("tops", "camisoles")),
         **dict.fromkeys(("sweatpants", "joggers", "trackpants", "track bottoms", "jogging bottoms"),
                         ("track pants", "lounge pants", "trousers")),
-        **dict.fromkeys(("pyjamas", "pajamas", "pjs", "nightwear", "sleepwear", "nightie", "nighty"),
+        **dict.fromkeys(("pyjamas", "pajamas", "pjs", "nightwear", "sleepwear", "nightie", "nighty", "nightgown",
+                         "nightshirt", "loungewear", "bed", "to bed", "in bed", "for bed", "sleep in"),
                         ("night suits", "nightdress", "lounge pants", "pyjamas")),
         **dict.fromkeys(("chinos", "slacks", "cargos", "cargo pants"), ("trousers", "pants")),
         **dict.fromkeys(("denims", "denim jeans"), ("jeans",)),
-        **dict.fromkeys(("purse", "purses", "tote", "totes", "tote bag", "shoulder bag"),
-                        ("handbags", "clutches", "wallets")),
+        **dict.fromkeys(("tote", "totes", "tote bag", "shoulder bag", "satchel", "hobo bag", "bucket bag",
+                         "crossbody bag", "handbag"), ("handbags",)),
+        **dict.fromkeys(("purse", "purses"), ("handbags", "clutches", "wallets")),
+        **dict.fromkeys(("billfold", "card holder", "cardholder", "money clip"), ("wallets",)),
         **dict.fromkeys(("backpack", "rucksack", "school bag", "daypack"), ("backpacks", "rucksacks")),
         **dict.fromkeys(("shades", "sunnies", "sun glasses"), ("sunglasses",)),
         **dict.fromkeys(("wristwatch", "timepiece", "smartwatch"), ("watches",)),
@@ -110,6 +117,13 @@ PHRASES: dict[str, dict[str, tuple[str, ...]]] = {
     },
 }
 
+# Kinds of garment made for one sex, and who that is, as (sex, age): "a blouse" is a woman's or a girl's.
+KIND_PEOPLE: dict[str, tuple[str, str]] = dict.fromkeys(
+    ("blouse", "blouses", "bralette", "sports bra", "bikini", "nightie", "nighty", "nightgown", "gown", "gowns",
+     "frock", "frocks", "sundress", "sun dress", "cami", "camis", "kurti", "sari", "saris", "lehenga", "lehengas",
+     "ghagra", "salwar kameez", "salwar suit", "churidar kurta", "miniskirt", "mini skirt", "pencil skirt",
+     "stilettos", "stilettoes", "ballerinas", "ballet flats", "ballet pumps", "pantyhose"), ("female", "any"))
+
 # Who a shopper buys for, as (sex, age): "any" is either.
 PEOPLE: dict[str, tuple[str, str]] = {
     **dict.fromkeys(("man", "men", "mens", "guy", "guys", "husband", "hubby", "boyfriend", "father", "dad", "daddy",
@@ -156,7 +170,7 @@ def audience(value: str) -> tuple[str, str] | None:
 
 def audience_credit(person: tuple[str, str], value: tuple[str, str]) -> float:
     """How well an item for `value` suits a shopper buying for `person` (0 when the age or sex differ)."""
-    if person[1] != value[1]:
+    if person[1] != value[1] and person[1] != "any":
         return 0.0
     if person[0] == value[0] or person[0] == "any":
         return 1.0

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,7 +24,7 @@ from transformers import AutoModel, AutoTokenizer
 from assistant.core.catalog import vocabulary_of
 from assistant.core.colours import ColourSense, colour_names
 from assistant.core.feedback import PUNCTUATION, STOP_WORDS, AttributeParser, attribute_kind, name_words, tokenize
-from assistant.core.lexicon import KIND_GLOSS, PEOPLE, PHRASES, audience, audience_credit
+from assistant.core.lexicon import KIND_GLOSS, KIND_PEOPLE, PEOPLE, PHRASES, audience, audience_credit
 from assistant.core.meaning import Matcher, cosine_matcher, shipped_matcher
 from assistant.core.negation import POST_CUES, PRE_CUES, negated_mentions
 from assistant.core.text_encoder import MINILM_NAME, local_text_source
@@ -171,7 +171,8 @@ class SemanticReader:
     """
 
     def __init__(self, vocabulary: Mapping[str, Iterable[str]], rows: Sequence[Mapping[str, str]] | None = None,
-                 semantic: bool = True, encoder: PhraseEncoder | None = None, matcher: Matcher | None = None) -> None:
+                 semantic: bool = True, encoder: PhraseEncoder | None = None, matcher: Matcher | None = None,
+                 reading_cache: int = READING_CACHE) -> None:
         self.values = {name: [v for v in dict.fromkeys(values) if v] for name, values in vocabulary.items()}
         self.kinds = {name: attribute_kind(name) for name in self.values}
         self.parser = AttributeParser(self.values)
@@ -191,6 +192,7 @@ class SemanticReader:
                     self.phrases[tuple(tokenize(phrase))] = (kind, alternatives)
         self.people = {tuple(tokenize(p)): person for p, person in PEOPLE.items()} if any(self.audiences.values()) \
             else {}
+        self.kind_people = {tuple(tokenize(p)): person for p, person in KIND_PEOPLE.items()} if self.people else {}
         # the words a misspelling may be corrected to: the catalog's values, the lexicon's, colour names
         self.spellings = sorted({word for phrase in [*(v for vs in self.values.values() for v in vs),
                                                      *(p for t in PHRASES.values() for p in t), *PEOPLE,
@@ -198,6 +200,7 @@ class SemanticReader:
                                  for word in tokenize(phrase) if word.isalpha() and len(word) >= SPELLING_MIN_LETTERS})
         self._known = frozenset(self.spellings) | STOP_WORDS | CUE_WORDS | GENERIC_WORDS | set(RELATIVE_WORDS)
         self._readings: OrderedDict[str, Reading] = OrderedDict()
+        self.reading_cache = reading_cache  # messages' readings kept (a server's memory stays bounded)
         self._descriptions: tuple[list[tuple[str, str]], np.ndarray] | None = None
         self.matcher = matcher or shipped_matcher() or cosine_matcher(SEMANTIC_THRESHOLD)
         self._meanings: tuple[list[Meaning], np.ndarray] | None = None
@@ -261,6 +264,8 @@ class SemanticReader:
                 continue
             if wanted:
                 ruled = {n: {v for v, c in credits.items() if c >= 1.0} for n, credits in wanted.items()}
+                if how == "lexicon" and key in self.kind_people:  # "a blouse": a woman's or a girl's ("not a
+                    wanted = {**self._person_values(self.kind_people[key]), **wanted}  # blouse" rules out no one)
                 return Mention(start, start + length, " ".join(key), wanted, ruled, how)
         return None
 
@@ -383,6 +388,13 @@ class SemanticReader:
 
     def mentions(self, tokens: list[str]) -> list[Mention]:
         """Every mention in the tokens, longest first at each position (ties: exact words, then the lexicon)."""
+        found = self._word_mentions(tokens)
+        taken = {j for m in found for j in range(m.start, m.end)}
+        found.extend(self._semantic(tokens, taken))
+        return sorted(found, key=lambda m: m.start)
+
+    def _word_mentions(self, tokens: list[str]) -> list[Mention]:
+        """The mentions found by words (exact values, the lexicon, colour names), before MiniLM reads the rest."""
         found: list[Mention] = []
         i = 0
         while i < len(tokens):
@@ -401,9 +413,7 @@ class SemanticReader:
                 else best[0]
             found.append(chosen)
             i = chosen.end
-        taken = {j for m in found for j in range(m.start, m.end)}
-        found.extend(self._semantic(tokens, taken))
-        return sorted(found, key=lambda m: m.start)
+        return found
 
     # --- messages and dialogs ------------------------------------------------------------------------------
     def spelled(self, tokens: list[str]) -> list[str]:
@@ -429,6 +439,20 @@ class SemanticReader:
         nearest = [word for word, distance, _ in near if distance == near[0][1]]  # extract sorts nearest first
         return nearest[0] if len(nearest) == 1 else token
 
+    def read_all(self, texts: Iterable[str]) -> None:
+        """Read many messages at once (training rollouts): the MiniLM phrases of those not read yet are encoded in
+        batched calls first, a few times faster than one message at a time."""
+        new = [text for text in dict.fromkeys(texts) if text not in self._readings]
+        if self.semantic and new:
+            phrases = []
+            for text in new:
+                tokens = self.spelled(tokenize(text))
+                taken = {j for m in self._word_mentions(tokens) for j in range(m.start, m.end)}
+                phrases += [" ".join(tokens[a:b]) for a, b in residual_grams(tokens, taken)]
+            self.encoder.encode(phrases[:PHRASE_CACHE])
+        for text in new:
+            self.read(text)
+
     def read(self, text: str) -> Reading:
         """What one message says (cached per string, bounded)."""
         if text in self._readings:
@@ -438,12 +462,16 @@ class SemanticReader:
         mentions = self.mentions(tokens)
         negated = negated_mentions(tokens, [(m.start, m.end) for m in mentions])
         reading = Reading(mentions=mentions)
+        # who a garment's kind implies ("a blouse") gives way to whom the shopper names ("for my niece")
+        named = {name for m in mentions if m.how != "lexicon" for name in m.wanted if self.kinds[name] == "gender"}
         for index, mention in enumerate(mentions):
             if index in negated:
                 for name, values in mention.ruled.items():
                     reading.ruled_out.setdefault(name, set()).update(values)
                 continue
             for name, credits in mention.wanted.items():
+                if mention.how == "lexicon" and name in named:
+                    continue
                 merged = reading.wanted.setdefault(name, {})
                 for value, credit in credits.items():
                     merged[value] = max(merged.get(value, 0.0), credit)
@@ -460,7 +488,7 @@ class SemanticReader:
             t for i, t in enumerate(tokens) if i not in taken and t not in PUNCTUATION and t not in STOP_WORDS
             and t not in CUE_WORDS and t not in RELATIVE_WORDS and len(t) > 1))
         self._readings[text] = reading
-        while len(self._readings) > READING_CACHE:
+        while len(self._readings) > self.reading_cache:
             self._readings.popitem(last=False)
         return reading
 
@@ -474,6 +502,10 @@ class SemanticReader:
     def understand(self, state) -> Understanding:
         """The dialog so far: later turns replace an attribute's wanted values; ruled-out values accumulate
         (and a value asked for again is no longer ruled out); "darker"/"lighter" move from the shown colour."""
+        return deque(self.understandings(state), maxlen=1).pop() if state.turns else Understanding()
+
+    def understandings(self, state) -> Iterator[Understanding]:
+        """The understanding after each turn of the dialog, in order (each a new object)."""
         result = Understanding()
         for turn in state.turns:
             reading = self.read(turn.feedback)
@@ -501,7 +533,9 @@ class SemanticReader:
                     result.ruled_out[name] -= {v for v, c in credits.items() if c >= 1.0}
                     if not result.ruled_out[name]:
                         del result.ruled_out[name]
-        return result
+            yield result
+            result = Understanding({n: dict(c) for n, c in result.wanted.items()},
+                                   {n: set(v) for n, v in result.ruled_out.items()}, dict(result.said))
 
     def constraints(self, state) -> tuple[dict[str, dict[str, float]], dict[str, set[str]]]:
         """(wanted value -> credit per attribute, ruled-out values per attribute) over the whole dialog."""
