@@ -77,7 +77,7 @@ def standard_systems(model: RetrieverRanker, catalog: Catalog, features: ItemFea
         systems["no_attributes"] = RetrieverRanker(model.retriever, model.items, model.item_vectors,
                                                    use_attributes=False, **hybrid)
         note = "the model with the shown items' attribute tokens masked at inference (not retrained)"
-    systems["retriever_only"] = RetrieverRanker(model.retriever, model.items, model.item_vectors)
+    systems["retriever_only"] = RetrieverRanker(model.retriever, model.items, model.item_vectors, reader=model.reader)
     return systems, {"no_attributes": note,
                      "retriever_only": "the dialog retriever without the feedback's attribute constraints"}
 

@@ -20,6 +20,7 @@ from torch import nn
 from assistant.core.catalog import Catalog
 from assistant.core.constraints import FIT_TOLERANCE
 from assistant.core.dialog import DialogState, ScoreRanker, ShownImage, top_rows
+from assistant.core.reader import SemanticReader, Understanding
 from assistant.core.storage import atomic_write
 from assistant.core.training import load_module_weights, module_weights
 from assistant.vision.index import AttributeIndex
@@ -28,11 +29,14 @@ from retriever.text import FeedbackTextEncoder
 FILE_FORMAT = "fashion-assistant-retriever/2"
 SHAPE_FORMAT = "fashion-assistant-retriever/1"  # before config and shape were one: read by a converter in load
 ITEM_SPACES = ("learned", "backbone")
-# Token types in the history: a turn separator, the shown item's image, "no item shown", its attributes, words.
-SEPARATOR, IMAGE, NO_ITEM, ATTRIBUTE, TEXT, PAD = range(6)
+# Token types in the history: a turn separator, the shown item's image, "no item shown", its attributes, words;
+# with `read_feedback`, after PAD: the values the reader understood the dialog so far to want, and to rule out.
+SEPARATOR, IMAGE, NO_ITEM, ATTRIBUTE, TEXT, PAD, WANTED, RULED = range(8)
 STATIC_DIM = 384  # MiniLM's wordpiece vectors
 MAX_TEXT_PIECES = 24  # wordpieces read of each turn's feedback
 MAX_TITLE_PIECES = 16  # wordpieces read of each item's title
+MAX_READ_VALUES = 4  # values of one attribute read into tokens (the most credited wanted ones)
+MAX_READ_TOKENS = 16  # reading tokens per turn
 
 
 # Settings that do not change what a run computes: a run may resume when only these differ.
@@ -43,7 +47,7 @@ SCORE_ALL_FITTING = 20_000  # up to this many rows fitting the constraints are a
 
 
 # Fields added after models were trained, with the default that leaves them out of a run's key.
-ADDED_LATER = {"label_dropout": 0.0}
+ADDED_LATER = {"label_dropout": 0.0, "read_feedback": False, "read_dropout": 0.0}
 
 
 @dataclass
@@ -60,6 +64,13 @@ class RetrieverConfig:
     text_mode: str = "static"  # static (MiniLM wordpiece vectors) or contextual (+ frozen MiniLM token outputs)
     item_space: str = "learned"  # learned item tower, or "backbone" (queries in ItemFeatures.item space)
     use_attributes: bool = True  # False trains the no-attributes ablation
+    # Each turn also reads the semantic reader's understanding of the dialog so far (assistant.core.reader: the
+    # values wanted, with credit, and ruled out) as attribute tokens: the shopper's own words, however phrased,
+    # reach the retriever as the catalog's values.
+    read_feedback: bool = False
+    # In training, each reading token is dropped with this probability: the reader misses words a shopper uses
+    # that it never met, and the retriever must then read those words itself.
+    read_dropout: float = 0.0
     # At inference, items contradicting attribute values the feedback asked for (or ruled out) rank below the
     # rest; the retriever orders each group. Training rollouts always rank with the retriever alone.
     feedback_constraints: bool = True
@@ -169,6 +180,7 @@ class HistoryBatch:
     context_index: torch.Tensor  # row of `contexts` (text tokens, contextual mode), 0 elsewhere
     contexts: torch.Tensor  # (K + 1, 384) MiniLM wordpiece vectors, row 0 unused
     turns: torch.Tensor  # (B,) number of turns in each window
+    credit: torch.Tensor  # (B, L) float: a wanted value's credit (reading tokens), 1 elsewhere
 
     def to(self, device: torch.device) -> HistoryBatch:
         return HistoryBatch(**{name: value.to(device) for name, value in vars(self).items()})
@@ -248,7 +260,7 @@ class RetrieverNetwork(nn.Module):
         width = config.width
         self.register_buffer("static_table", static_table, persistent=False)
         self.register_buffer("attribute_words", attribute_words, persistent=False)  # (tokens, 384)
-        self.type_embedding = nn.Embedding(PAD + 1, width)
+        self.type_embedding = nn.Embedding(RULED + 1 if config.read_feedback else PAD + 1, width)
         self.turn_embedding = nn.Embedding(config.max_turns + 1, width)
         self.attribute_delta = nn.Embedding(len(attribute_words), width)
         self.piece_projection = nn.Linear(STATIC_DIM, width, bias=False)
@@ -304,22 +316,29 @@ class RetrieverNetwork(nn.Module):
         kind, turn = batch.kind, batch.turn
         x = self.type_embedding(kind) + self.turn_embedding(turn)
         x = x + self.attribute_vectors(batch.attribute) * (kind == ATTRIBUTE).unsqueeze(-1)
+        # a wanted value's token starts as its attribute vector (by credit), a ruled-out one's as its opposite
+        read_sign = (kind == WANTED) * batch.credit - (kind == RULED).float()
+        x = x + self.attribute_vectors(batch.attribute) * read_sign.unsqueeze(-1)
         x = x + self.image_projection(batch.images)[batch.image_index] * (kind == IMAGE).unsqueeze(-1)
         is_text = (kind == TEXT).unsqueeze(-1)
         x = x + self.piece_projection(self.static_table[batch.piece]) * is_text
         if self.context_projection is not None:
             x = x + self.context_projection(batch.contexts)[batch.context_index] * is_text
         valid = kind != PAD
+        # a turn's reading is of the whole dialog so far: later turns see their own, not an earlier one
+        reading = (kind == WANTED) | (kind == RULED)
         size = kind.shape[1]
-        allowed = (turn.unsqueeze(1) <= turn.unsqueeze(2)) & valid.unsqueeze(1)
+        same_turn = turn.unsqueeze(1) == turn.unsqueeze(2)
+        allowed = (turn.unsqueeze(1) <= turn.unsqueeze(2)) & valid.unsqueeze(1) & (~reading.unsqueeze(1) | same_turn)
         allowed |= torch.eye(size, dtype=torch.bool, device=kind.device)
         hidden = x
         for layer in self.layers:
             hidden = layer(hidden, allowed)
         turns = int(batch.turns.max())
         one_hot = F.one_hot(turn.clamp(max=turns), turns + 1)[..., :turns].float() * valid.unsqueeze(-1)
-        sums = torch.einsum("blt,bld->btd", one_hot, hidden).cumsum(1)
-        counts = one_hot.sum(1).cumsum(1).clamp(min=1).unsqueeze(-1)
+        history, latest = one_hot * (~reading).unsqueeze(-1), one_hot * reading.unsqueeze(-1)
+        sums = torch.einsum("blt,bld->btd", history, hidden).cumsum(1) + torch.einsum("blt,bld->btd", latest, hidden)
+        counts = (history.sum(1).cumsum(1) + latest.sum(1)).clamp(min=1).unsqueeze(-1)
         pooled = self.query_centering(sums / counts)
         return F.normalize(self.query_head(self.query_norm(pooled)), dim=-1)
 
@@ -374,22 +393,48 @@ class DialogRetriever:
                           torch.as_tensor(np.asarray(features.item), dtype=torch.float32),
                           torch.tensor([self.vocabulary.encode(a) for a in labels], dtype=torch.long), title)
 
-    def history_batch(self, states: Sequence[DialogState], items: ItemInputs, use_attributes: bool = True
-                      ) -> HistoryBatch:
+    def reading_tokens(self, understanding: Understanding) -> tuple[list[int], list[int], list[float]]:
+        """(token types, attribute ids, credits) of what the reader understood: the most credited wanted values of
+        each attribute, then the ruled-out ones (values outside the retriever's vocabulary are left out)."""
+        tokens: list[tuple[int, int, float]] = []
+        for name, values in understanding.wanted.items():
+            for value, credit in sorted(values.items(), key=lambda pair: -pair[1])[:MAX_READ_VALUES]:
+                if (name, value) in self.vocabulary.ids and credit > 0:
+                    tokens.append((WANTED, self.vocabulary.ids[(name, value)], float(credit)))
+        for name, values in understanding.ruled_out.items():
+            tokens += [(RULED, self.vocabulary.ids[(name, value)], 1.0) for value in sorted(values)[:MAX_READ_VALUES]
+                       if (name, value) in self.vocabulary.ids]
+        kinds, ids, credits = zip(*tokens[:MAX_READ_TOKENS], strict=True) if tokens else ((), (), ())
+        return list(kinds), list(ids), list(credits)
+
+    def reader_over(self, rows: Sequence[Mapping[str, str]] | None = None, **options) -> SemanticReader:
+        """A semantic reader of the feedback into this retriever's attribute values (`rows`: the catalog's
+        attributes, for "darker than this one")."""
+        return SemanticReader(dict(zip(self.vocabulary.names, self.vocabulary.values, strict=True)), rows, **options)
+
+    def history_batch(self, states: Sequence[DialogState], items: ItemInputs, use_attributes: bool = True,
+                      reader: SemanticReader | None = None) -> HistoryBatch:
         """Lay out each dialog's latest `max_turns` turns as tokens: per turn a separator, the shown item's image
-        (or a no-item token), its attribute tokens, the feedback's wordpieces."""
+        (or a no-item token), its attribute tokens, the feedback's wordpieces, and (`read_feedback`) `reader`'s
+        understanding of the dialog up to that turn."""
         shape = self.config
         use_attributes = use_attributes and shape.use_attributes
+        if shape.read_feedback and reader is None:
+            raise ValueError("this retriever reads the feedback through a SemanticReader: pass one")
         windows = [state.turns[-shape.max_turns:] for state in states]
+        if shape.read_feedback:
+            reader.read_all(turn.feedback for state in states for turn in state.turns)
+        readings = [list(reader.understandings(state))[-len(window):] if shape.read_feedback else [None] * len(window)
+                    for state, window in zip(states, windows, strict=True)]
         encoded = iter(self.text.encode([turn.feedback for window in windows for turn in window]))
         attribute_count = len(self.vocabulary.names) if use_attributes else 0
         images: list[torch.Tensor] = [torch.zeros(1, self.feature_dim)]
         contexts: list[np.ndarray] = [np.zeros((1, STATIC_DIM), dtype=np.float16)]
         image_rows = context_rows = 1
         columns: list[tuple[list[int], ...]] = []
-        for window in windows:
-            kinds, turn_ids, attribute_ids, pieces, image_index, context_index = [], [], [], [], [], []
-            for t, turn in enumerate(window):
+        for window, understandings in zip(windows, readings, strict=True):
+            kinds, turn_ids, attribute_ids, pieces, image_index, context_index, credit = [], [], [], [], [], [], []
+            for t, (turn, understanding) in enumerate(zip(window, understandings, strict=True)):
                 text = next(encoded)
                 n_text = min(len(text.pieces), MAX_TEXT_PIECES)
                 shown = turn.shown
@@ -405,27 +450,34 @@ class DialogRetriever:
                     image_at, image_rows = image_rows, image_rows + 1
                     head = [SEPARATOR, IMAGE] + [ATTRIBUTE] * attribute_count
                     head_attributes = [0, 0] + (attribute_row if use_attributes else [])
-                kinds += head + [TEXT] * n_text
-                turn_ids += [t] * (len(head) + n_text)
-                attribute_ids += head_attributes + [0] * n_text
-                pieces += [0] * len(head) + text.pieces[:n_text].tolist()
-                image_index += [0, image_at] + [0] * (len(head) - 2 + n_text)
+                read_kinds, read_ids, read_credits = self.reading_tokens(understanding) if understanding else \
+                    ([], [], [])
+                n_read = len(read_kinds)
+                kinds += head + [TEXT] * n_text + read_kinds
+                turn_ids += [t] * (len(head) + n_text + n_read)
+                attribute_ids += head_attributes + [0] * n_text + read_ids
+                pieces += [0] * len(head) + text.pieces[:n_text].tolist() + [0] * n_read
+                image_index += [0, image_at] + [0] * (len(head) - 2 + n_text + n_read)
+                credit += [1.0] * (len(head) + n_text) + read_credits
                 if text.context is not None and n_text:
                     contexts.append(text.context[:n_text])
                     context_index += [0] * len(head) + list(range(context_rows, context_rows + n_text))
                     context_rows += n_text
                 else:
                     context_index += [0] * (len(head) + n_text)
-            columns.append((kinds, turn_ids, attribute_ids, pieces, image_index, context_index))
+                context_index += [0] * n_read
+            columns.append((kinds, turn_ids, attribute_ids, pieces, image_index, context_index, credit))
         length = max(len(c[0]) for c in columns)
-        fill = (PAD, shape.max_turns, 0, 0, 0, 0)
+        fill = (PAD, shape.max_turns, 0, 0, 0, 0, 1.0)
         padded = np.array([[column + [value] * (length - len(column)) for column, value in zip(row, fill,
                                                                                               strict=True)]
-                           for row in columns], dtype=np.int64)  # (B, 6, L)
-        kind, turn, attribute, piece, image_index, context_index = torch.from_numpy(padded).unbind(1)
+                           for row in columns], dtype=np.float64)  # (B, 7, L)
+        kind, turn, attribute, piece, image_index, context_index = torch.from_numpy(
+            padded[:, :6].astype(np.int64)).unbind(1)
         return HistoryBatch(kind, turn, attribute, piece, image_index, torch.cat(images), context_index,
                             torch.from_numpy(np.concatenate(contexts).astype(np.float32)),
-                            torch.tensor([len(w) for w in windows], dtype=torch.long))
+                            torch.tensor([len(w) for w in windows], dtype=torch.long),
+                            torch.from_numpy(padded[:, 6].astype(np.float32)))
 
     def _eval_mode(self) -> None:
         """Dropout off for inference; walking every module to say so costs a served turn ~10% of its time."""
@@ -445,13 +497,13 @@ class DialogRetriever:
 
     @torch.inference_mode()
     def query_vectors(self, states: Sequence[DialogState], items: ItemInputs, use_attributes: bool = True,
-                      batch_size: int = 256) -> np.ndarray:
+                      batch_size: int = 256, reader: SemanticReader | None = None) -> np.ndarray:
         """(B, output_dim) float32 query after each dialog's latest turn."""
         self._eval_mode()
         out = []
         for start in range(0, len(states), batch_size):
             chunk = states[start: start + batch_size]
-            batch = self.history_batch(chunk, items, use_attributes).to(self.device)
+            batch = self.history_batch(chunk, items, use_attributes, reader).to(self.device)
             queries = self.network.encode_history(batch)
             out.append(queries[torch.arange(len(chunk)), batch.turns - 1].float().cpu())
         return torch.cat(out).numpy()
@@ -522,12 +574,19 @@ class RetrieverRanker(ScoreRanker):
     query; the best BM25 rows from the keyword ranker's inverted index; the rows fitting the feedback's
     constraints, found in an AttributeIndex over `attributes` and searched in the index with a faiss
     IDSelector, or all of them when they are few) and re-ranks their union by the exact hybrid score.
+
+    A retriever that reads the feedback (`read_feedback`) reads it through `reader`, else the constraints' reader,
+    else one over its own attribute values.
     """
 
     def __init__(self, retriever: DialogRetriever, items: ItemInputs, item_vectors: np.ndarray | None = None,
                  index=None, use_attributes: bool = True, constraints=None, lexical=None,
-                 lexical_weight: float = 0.0, attributes: Sequence[Mapping[str, str]] | None = None) -> None:
+                 lexical_weight: float = 0.0, attributes: Sequence[Mapping[str, str]] | None = None,
+                 reader: SemanticReader | None = None) -> None:
         self.retriever = retriever
+        if reader is None and retriever is not None and retriever.config.read_feedback:
+            reader = constraints.reader if constraints is not None else retriever.reader_over(attributes)
+        self.reader = reader
         self.items = items
         self.item_vectors = item_vectors if item_vectors is not None else retriever.item_vectors(items)
         self.index = index
@@ -538,7 +597,7 @@ class RetrieverRanker(ScoreRanker):
         self.filter = AttributeIndex(attributes) if attributes is not None and constraints is not None else None
 
     def queries(self, states: Sequence[DialogState]) -> np.ndarray:
-        return self.retriever.query_vectors(states, self.items, self.use_attributes)
+        return self.retriever.query_vectors(states, self.items, self.use_attributes, reader=self.reader)
 
     def scores(self, states: Sequence[DialogState]) -> np.ndarray:
         scores = self.queries(states) @ self.item_vectors.T

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -18,6 +19,7 @@ from tqdm.auto import tqdm
 from assistant.core.catalog import CaptionPair, Catalog, Item, caption_pairs_digest, thin_labels
 from assistant.core.dialog import DialogState, Turn, run_dialogs, seeded_rng
 from assistant.core.feedback import attribute_kind
+from assistant.core.reader import SemanticReader
 from assistant.core.storage import atomic_write_text
 from assistant.core.training import (
     Distributed,
@@ -29,7 +31,16 @@ from assistant.core.training import (
     warmup_cosine,
 )
 from retriever.baselines import RandomRanker
-from retriever.model import DialogRetriever, ItemInputs, RetrieverConfig, RetrieverRanker
+from retriever.model import (
+    PAD,
+    RULED,
+    WANTED,
+    DialogRetriever,
+    HistoryBatch,
+    ItemInputs,
+    RetrieverConfig,
+    RetrieverRanker,
+)
 
 RETRIEVER_FILE = "retriever.safetensors"
 TRAIN_STATE_FILE = "retriever-train-state.safetensors"
@@ -37,6 +48,8 @@ FINETUNE_STATE_FILE = "retriever-finetune-state.safetensors"
 # What a fine-tune must share with the saved retriever; the other fields only steer training.
 SHAPE_FIELDS = ("width", "layers", "heads", "feedforward", "max_turns", "text_mode", "item_space", "use_attributes")
 TRAIN_LOG_FILE = "retriever-train-log.json"
+TRAINING_READINGS = 200_000  # messages' readings a training run keeps (an epoch's rollouts say ~40k)
+
 class MixedUser:
     """Answers each dialog with one of several users, chosen with the given weights by a seeded draw on the
     target (so one dialog keeps one user); a batch goes to each user in one call."""
@@ -141,9 +154,17 @@ def mixed_item_inputs(items: ItemInputs, thin: ItemInputs, rows: np.ndarray) -> 
                       torch.where(chosen[:, None], thin.title, items.title))
 
 
+def drop_readings(history: HistoryBatch, share: float, generator: torch.Generator) -> HistoryBatch:
+    """`history` with each reading token (WANTED, RULED) turned into padding with probability `share`."""
+    reading = (history.kind == WANTED) | (history.kind == RULED)
+    dropped = reading & (torch.rand(history.kind.shape, generator=generator) < share)
+    return dataclasses.replace(history, kind=history.kind.masked_fill(dropped, PAD))
+
+
 def contrastive_loss(network, retriever: DialogRetriever, items: ItemInputs, states: Sequence[DialogState],
                      targets: np.ndarray, candidate_pool: np.ndarray, device: torch.device, ranks: Distributed,
-                     precision: MixedPrecision) -> tuple[torch.Tensor, int]:
+                     precision: MixedPrecision, reader: SemanticReader | None = None, read_dropout: float = 0.0,
+                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, int]:
     """Softmax over candidates (the batch's targets, each turn's top results, random items) at every turn.
 
     The whole batch's candidates are encoded by every process; each process scores its own dialogs, and the
@@ -163,7 +184,10 @@ def contrastive_loss(network, retriever: DialogRetriever, items: ItemInputs, sta
             masked += [(b, t, position[r]) for r in shown_so_far if r in position]
     total_valid = int(valid.sum())
     mine = list(ranks.shard(range(len(states))))
-    history = retriever.history_batch([states[b] for b in mine], items).to(device)
+    history = retriever.history_batch([states[b] for b in mine], items, reader=reader)
+    if read_dropout and generator is not None:
+        history = drop_readings(history, read_dropout, generator)
+    history = history.to(device)
     with precision.autocast():
         queries, item_vectors = network(history, items.rows(torch.from_numpy(candidates)).to(device))
         logits = (queries.float() @ item_vectors.float().T) * network_scale(network)
@@ -224,6 +248,9 @@ def _train(catalog: Catalog, features, user: Any, config: RetrieverConfig, out_d
     human_states, human_targets = human_dialogs(catalog, human_pairs)
     full_items = retriever.item_inputs(catalog, features, attributes)
     thin_items = thin_item_inputs(retriever, catalog, features, attributes) if config.label_dropout else None
+    # every message of an epoch is read for its rollout and again for the loss: keep all of them
+    reader = retriever.reader_over(attributes or [item.attributes for item in catalog],
+                                   reading_cache=TRAINING_READINGS) if config.read_feedback else None
     decay = [p for n, p in retriever.network.named_parameters() if p.ndim > 1 and "embedding" not in n]
     no_decay = [p for n, p in retriever.network.named_parameters() if not (p.ndim > 1 and "embedding" not in n)]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
@@ -245,13 +272,14 @@ def _train(catalog: Catalog, features, user: Any, config: RetrieverConfig, out_d
     for epoch in range(start_epoch, epochs):
         started = time.time()
         rng = np.random.default_rng([config.seed, epoch] + ([1] if start_from is not None else []))
+        generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)  # reading dropout, seeded per epoch
         targets = rng.integers(0, len(catalog), config.dialogs_per_epoch)
         items = full_items if thin_items is None else \
             mixed_item_inputs(full_items, thin_items, rng.random(len(catalog)) < config.label_dropout)
         if epoch < config.random_shown_epochs and start_from is None:
             ranker: Any = RandomRanker(len(catalog), seed=config.seed + epoch)
         else:
-            ranker = RetrieverRanker(retriever, items)
+            ranker = RetrieverRanker(retriever, items, reader=reader)
         states = simulate(ranker, catalog, user, targets, config, seed=config.seed * 1000 + epoch, ranks=ranks)
         states += human_states * repeats
         targets = np.concatenate([targets, np.tile(human_targets, repeats)])
@@ -266,7 +294,7 @@ def _train(catalog: Catalog, features, user: Any, config: RetrieverConfig, out_d
             pool = rng.choice(len(catalog), min(config.random_negatives, len(catalog)), replace=False)
             set_learning_rate(optimizer, warmup_cosine(step, learning_rate, config.warmup_steps, total_steps))
             loss, _ = contrastive_loss(network, retriever, items, [states[i] for i in chosen], targets[chosen],
-                                       pool, device, ranks, precision)
+                                       pool, device, ranks, precision, reader, config.read_dropout, generator)
             precision.step(loss, optimizer, clip_norm=1.0, parameters=retriever.network.parameters())
             step += 1
             losses.append(ranks.total(float(loss.detach().float().cpu()))[0] / ranks.world)

@@ -28,7 +28,10 @@ from retriever.model import (
     IMAGE,
     MAX_TITLE_PIECES,
     NO_ITEM,
+    PAD,
+    RULED,
     TEXT,
+    WANTED,
     DialogRetriever,
     RetrieverConfig,
     RetrieverRanker,
@@ -37,10 +40,13 @@ from retriever.text import FeedbackTextEncoder
 from retriever.train import (
     RETRIEVER_FILE,
     TRAIN_LOG_FILE,
+    drop_readings,
     mixed_item_inputs,
+    mixed_user,
     thin_item_inputs,
     train_retriever,
 )
+from simulator.paraphrase_user import ParaphraseUser
 from simulator.template_user import TemplateUser
 
 TINY = {"width": 32, "layers": 1, "heads": 2, "feedforward": 64, "dropout": 0.0, "text_mode": "static",
@@ -273,3 +279,85 @@ def test_label_dropout_hides_all_but_kind_and_person_in_the_chosen_rows(
     assert "label_dropout" in config.run_key() and "label_dropout" not in RetrieverConfig(**TINY).run_key()
     train_retriever(demo, features, TemplateUser(demo, seed=1), config, tmp_path)
     assert np.isfinite(_losses(tmp_path)).all()
+
+
+@pytest.fixture(scope="module")
+def reading(demo: Catalog, features: ItemFeatures) -> DialogRetriever:
+    """An untrained retriever that reads the feedback through the semantic reader."""
+    torch.manual_seed(0)
+    return DialogRetriever.create(demo, features.dim, RetrieverConfig(width=32, layers=1, heads=2, feedforward=64,
+                                                                      read_feedback=True))
+
+
+def test_each_turn_reads_the_understanding_so_far(reading: DialogRetriever, demo: Catalog,
+                                                  features: ItemFeatures) -> None:
+    items = reading.item_inputs(demo, features)
+    reader = reading.reader_over([item.attributes for item in demo])
+    state = DialogState([Turn(None, "a scarlet dress"), Turn(4, "anything but red, i'd like it in green")])
+    batch = reading.history_batch([state], items, reader=reader)
+    kinds, turns, ids = batch.kind[0].tolist(), batch.turn[0].tolist(), batch.attribute[0].tolist()
+    ids_of = {token: value for value, token in reading.vocabulary.ids.items()}
+    first = {ids_of[i] for k, t, i in zip(kinds, turns, ids, strict=True) if k == WANTED and t == 0}
+    assert ("colour", "red") in first and ("garment", "dress") in first  # scarlet: a shade of red
+    second_wanted = {ids_of[i] for k, t, i in zip(kinds, turns, ids, strict=True) if k == WANTED and t == 1}
+    second_ruled = {ids_of[i] for k, t, i in zip(kinds, turns, ids, strict=True) if k == RULED and t == 1}
+    assert ("colour", "green") in second_wanted and ("garment", "dress") in second_wanted  # the dress carries on
+    assert ("colour", "red") in second_ruled and ("colour", "red") not in second_wanted
+    assert kinds.index(WANTED) > max(i for i, k in enumerate(kinds) if k == TEXT and turns[i] == 0)
+    credits = batch.credit[0][torch.tensor(kinds) == WANTED]
+    assert ((credits > 0) & (credits <= 1)).all()
+    with pytest.raises(ValueError, match="reads the feedback"):
+        reading.history_batch([state], items)
+
+
+def test_a_later_turn_sees_only_its_own_reading(reading: DialogRetriever, demo: Catalog,
+                                                features: ItemFeatures) -> None:
+    items = reading.item_inputs(demo, features)
+    reader = reading.reader_over([item.attributes for item in demo])
+    state = DialogState([Turn(None, "a red dress"), Turn(4, "in green")])
+    batch = reading.history_batch([state], items, reader=reader)
+    earlier = (batch.turn == 0) & ((batch.kind == WANTED) | (batch.kind == RULED))
+    assert earlier.any()
+    dropped = dataclasses.replace(batch, kind=batch.kind.masked_fill(earlier, PAD))
+    reading.network.eval()
+    with torch.no_grad():
+        queries, without = reading.network.encode_history(batch), reading.network.encode_history(dropped)
+    assert torch.allclose(queries[0, 1], without[0, 1], atol=1e-5)  # turn 2 never sees turn 1's reading
+    assert not torch.allclose(queries[0, 0], without[0, 0], atol=1e-3)
+
+
+def test_reading_dropout_hides_reading_tokens_only(reading: DialogRetriever, demo: Catalog,
+                                                   features: ItemFeatures) -> None:
+    items = reading.item_inputs(demo, features)
+    reader = reading.reader_over([item.attributes for item in demo])
+    states = [DialogState([Turn(None, "a red dress, not for men"), Turn(4, "anything but black, in green")])] * 64
+    batch = reading.history_batch(states, items, reader=reader)
+    read = (batch.kind == WANTED) | (batch.kind == RULED)
+    half = drop_readings(batch, 0.5, torch.Generator().manual_seed(0))
+    assert torch.equal(half.kind[~read], batch.kind[~read])  # words, images, labels untouched
+    assert 0.4 < (half.kind[read] == PAD).float().mean() < 0.6
+    assert not ((drop_readings(batch, 1.0, torch.Generator()).kind == WANTED).any())
+    assert torch.equal(drop_readings(batch, 0.0, torch.Generator()).kind, batch.kind)
+
+
+@pytest.mark.timeout(600)  # trains two retrievers on 800 demo items
+def test_reading_the_feedback_makes_the_retriever_alone_better(tmp_path: Path, backbone) -> None:
+    catalog = load_catalog("demo:800")
+    features = compute_features(backbone, catalog, progress=False)
+    train, test = catalog.split("train"), catalog.split("test")
+    user = mixed_user(None, TemplateUser(train, seed=1), 0.0, paraphrase=ParaphraseUser(train, seed=1),
+                      paraphrase_fraction=0.4)
+    alone = {}
+    for read in (False, True):
+        torch.manual_seed(0)
+        config = RetrieverConfig(width=48, layers=1, heads=2, feedforward=96, turns=4, epochs=4,
+                                 dialogs_per_epoch=512, batch_size=32, learning_rate=3e-3, warmup_steps=10,
+                                 random_negatives=128, hard_negatives=4, progress=False, read_feedback=read)
+        retriever = train_retriever(train, features_for(features, train), user, config, tmp_path / str(read))
+        model = model_ranker(retriever, test, retriever.item_inputs(test, features_for(features, test)))
+        systems = {"alone": standard_systems(model, test, features)[0]["retriever_only"]}
+        # words from the paraphrase shopper's held-aside bank, which training never saw
+        result = evaluate(systems, test, ParaphraseUser(test, seed=2, bank="heldout"), turns=4, targets=len(test))
+        alone[read] = result["systems"]["alone"]
+    assert alone[True]["success@10"][-1] > alone[False]["success@10"][-1] + 0.08
+    assert alone[True]["rank_percentile"][-1] > alone[False]["rank_percentile"][-1] + 3
