@@ -185,6 +185,10 @@ class HistoryBatch:
     def to(self, device: torch.device) -> HistoryBatch:
         return HistoryBatch(**{name: value.to(device) for name, value in vars(self).items()})
 
+    def reading(self) -> torch.Tensor:
+        """(B, L) bool: the reader's tokens (WANTED, RULED)."""
+        return (self.kind == WANTED) | (self.kind == RULED)
+
 
 class Centering(nn.Module):
     """Subtracts a running mean of its inputs (kept without gradient, averaged over DDP processes).
@@ -326,7 +330,7 @@ class RetrieverNetwork(nn.Module):
             x = x + self.context_projection(batch.contexts)[batch.context_index] * is_text
         valid = kind != PAD
         # a turn's reading is of the whole dialog so far: later turns see their own, not an earlier one
-        reading = (kind == WANTED) | (kind == RULED)
+        reading = batch.reading()
         size = kind.shape[1]
         same_turn = turn.unsqueeze(1) == turn.unsqueeze(2)
         allowed = (turn.unsqueeze(1) <= turn.unsqueeze(2)) & valid.unsqueeze(1) & (~reading.unsqueeze(1) | same_turn)
@@ -432,8 +436,10 @@ class DialogRetriever:
         contexts: list[np.ndarray] = [np.zeros((1, STATIC_DIM), dtype=np.float16)]
         image_rows = context_rows = 1
         columns: list[tuple[list[int], ...]] = []
+        credit_rows: list[list[float]] = []
         for window, understandings in zip(windows, readings, strict=True):
-            kinds, turn_ids, attribute_ids, pieces, image_index, context_index, credit = [], [], [], [], [], [], []
+            kinds, turn_ids, attribute_ids, pieces, image_index, context_index = [], [], [], [], [], []
+            credits: list[float] = []
             for t, (turn, understanding) in enumerate(zip(window, understandings, strict=True)):
                 text = next(encoded)
                 n_text = min(len(text.pieces), MAX_TEXT_PIECES)
@@ -458,7 +464,7 @@ class DialogRetriever:
                 attribute_ids += head_attributes + [0] * n_text + read_ids
                 pieces += [0] * len(head) + text.pieces[:n_text].tolist() + [0] * n_read
                 image_index += [0, image_at] + [0] * (len(head) - 2 + n_text + n_read)
-                credit += [1.0] * (len(head) + n_text) + read_credits
+                credits += [1.0] * (len(head) + n_text) + read_credits
                 if text.context is not None and n_text:
                     contexts.append(text.context[:n_text])
                     context_index += [0] * len(head) + list(range(context_rows, context_rows + n_text))
@@ -466,18 +472,18 @@ class DialogRetriever:
                 else:
                     context_index += [0] * (len(head) + n_text)
                 context_index += [0] * n_read
-            columns.append((kinds, turn_ids, attribute_ids, pieces, image_index, context_index, credit))
+            columns.append((kinds, turn_ids, attribute_ids, pieces, image_index, context_index))
+            credit_rows.append(credits)
         length = max(len(c[0]) for c in columns)
-        fill = (PAD, shape.max_turns, 0, 0, 0, 0, 1.0)
+        fill = (PAD, shape.max_turns, 0, 0, 0, 0)
         padded = np.array([[column + [value] * (length - len(column)) for column, value in zip(row, fill,
                                                                                               strict=True)]
-                           for row in columns], dtype=np.float64)  # (B, 7, L)
-        kind, turn, attribute, piece, image_index, context_index = torch.from_numpy(
-            padded[:, :6].astype(np.int64)).unbind(1)
+                           for row in columns], dtype=np.int64)  # (B, 6, L)
+        kind, turn, attribute, piece, image_index, context_index = torch.from_numpy(padded).unbind(1)
+        credit = torch.tensor([row + [1.0] * (length - len(row)) for row in credit_rows], dtype=torch.float32)
         return HistoryBatch(kind, turn, attribute, piece, image_index, torch.cat(images), context_index,
                             torch.from_numpy(np.concatenate(contexts).astype(np.float32)),
-                            torch.tensor([len(w) for w in windows], dtype=torch.long),
-                            torch.from_numpy(padded[:, 6].astype(np.float32)))
+                            torch.tensor([len(w) for w in windows], dtype=torch.long), credit)
 
     def _eval_mode(self) -> None:
         """Dropout off for inference; walking every module to say so costs a served turn ~10% of its time."""

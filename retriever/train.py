@@ -33,8 +33,6 @@ from assistant.core.training import (
 from retriever.baselines import RandomRanker
 from retriever.model import (
     PAD,
-    RULED,
-    WANTED,
     DialogRetriever,
     HistoryBatch,
     ItemInputs,
@@ -156,8 +154,7 @@ def mixed_item_inputs(items: ItemInputs, thin: ItemInputs, rows: np.ndarray) -> 
 
 def drop_readings(history: HistoryBatch, share: float, generator: torch.Generator) -> HistoryBatch:
     """`history` with each reading token (WANTED, RULED) turned into padding with probability `share`."""
-    reading = (history.kind == WANTED) | (history.kind == RULED)
-    dropped = reading & (torch.rand(history.kind.shape, generator=generator) < share)
+    dropped = history.reading() & (torch.rand(history.kind.shape, generator=generator) < share)
     return dataclasses.replace(history, kind=history.kind.masked_fill(dropped, PAD))
 
 

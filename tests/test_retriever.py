@@ -289,10 +289,18 @@ def reading(demo: Catalog, features: ItemFeatures) -> DialogRetriever:
                                                                       read_feedback=True))
 
 
-def test_each_turn_reads_the_understanding_so_far(reading: DialogRetriever, demo: Catalog,
-                                                  features: ItemFeatures) -> None:
-    items = reading.item_inputs(demo, features)
-    reader = reading.reader_over([item.attributes for item in demo])
+@pytest.fixture(scope="module")
+def reading_items(reading: DialogRetriever, demo: Catalog, features: ItemFeatures):
+    return reading.item_inputs(demo, features)
+
+
+@pytest.fixture(scope="module")
+def reader(reading: DialogRetriever, demo: Catalog):
+    return reading.reader_over([item.attributes for item in demo])
+
+
+def test_each_turn_reads_the_understanding_so_far(reading: DialogRetriever, reading_items, reader) -> None:
+    items = reading_items
     state = DialogState([Turn(None, "a scarlet dress"), Turn(4, "anything but red, i'd like it in green")])
     batch = reading.history_batch([state], items, reader=reader)
     kinds, turns, ids = batch.kind[0].tolist(), batch.turn[0].tolist(), batch.attribute[0].tolist()
@@ -310,13 +318,10 @@ def test_each_turn_reads_the_understanding_so_far(reading: DialogRetriever, demo
         reading.history_batch([state], items)
 
 
-def test_a_later_turn_sees_only_its_own_reading(reading: DialogRetriever, demo: Catalog,
-                                                features: ItemFeatures) -> None:
-    items = reading.item_inputs(demo, features)
-    reader = reading.reader_over([item.attributes for item in demo])
+def test_a_later_turn_sees_only_its_own_reading(reading: DialogRetriever, reading_items, reader) -> None:
     state = DialogState([Turn(None, "a red dress"), Turn(4, "in green")])
-    batch = reading.history_batch([state], items, reader=reader)
-    earlier = (batch.turn == 0) & ((batch.kind == WANTED) | (batch.kind == RULED))
+    batch = reading.history_batch([state], reading_items, reader=reader)
+    earlier = (batch.turn == 0) & batch.reading()
     assert earlier.any()
     dropped = dataclasses.replace(batch, kind=batch.kind.masked_fill(earlier, PAD))
     reading.network.eval()
@@ -326,13 +331,10 @@ def test_a_later_turn_sees_only_its_own_reading(reading: DialogRetriever, demo: 
     assert not torch.allclose(queries[0, 0], without[0, 0], atol=1e-3)
 
 
-def test_reading_dropout_hides_reading_tokens_only(reading: DialogRetriever, demo: Catalog,
-                                                   features: ItemFeatures) -> None:
-    items = reading.item_inputs(demo, features)
-    reader = reading.reader_over([item.attributes for item in demo])
+def test_reading_dropout_hides_reading_tokens_only(reading: DialogRetriever, reading_items, reader) -> None:
     states = [DialogState([Turn(None, "a red dress, not for men"), Turn(4, "anything but black, in green")])] * 64
-    batch = reading.history_batch(states, items, reader=reader)
-    read = (batch.kind == WANTED) | (batch.kind == RULED)
+    batch = reading.history_batch(states, reading_items, reader=reader)
+    read = batch.reading()
     half = drop_readings(batch, 0.5, torch.Generator().manual_seed(0))
     assert torch.equal(half.kind[~read], batch.kind[~read])  # words, images, labels untouched
     assert 0.4 < (half.kind[read] == PAD).float().mean() < 0.6

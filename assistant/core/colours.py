@@ -82,6 +82,11 @@ def delta_e(first: Sequence[float], second: Sequence[float]) -> float:
     return float(Color("lab-d65", list(first)).delta_e(Color("lab-d65", list(second)), method="2000"))
 
 
+def shade_credit(distance: float) -> float:
+    """Credit of another shade of the family asked for, fading with its CIEDE2000 distance."""
+    return round(SHADE_CREDIT * max(0.15, 1.0 - distance / 60.0), 3)
+
+
 def chroma(lab: Sequence[float]) -> float:
     return math.hypot(lab[1], lab[2])
 
@@ -168,8 +173,7 @@ class ColourSense:
             family = nearest_family(lab)
             for value in self.family_members(family):
                 if value in distances:
-                    shade = round(SHADE_CREDIT * max(0.15, 1.0 - distances[value] / 60.0), 3)
-                    credits[value] = max(credits.get(value, 0.0), shade)
+                    credits[value] = max(credits.get(value, 0.0), shade_credit(distances[value]))
         return credits
 
     def neighbours(self, value: str) -> dict[str, float]:
@@ -184,7 +188,7 @@ class ColourSense:
                 continue
             distance = delta_e(own.lab, label.lab)
             if label.families & own.families:
-                credits[other] = round(SHADE_CREDIT * max(0.15, 1.0 - distance / 60.0), 3)
+                credits[other] = shade_credit(distance)
             elif distance < NEAREST_SPAN:
                 credits[other] = round(0.5 * SHADE_CREDIT * (1.0 - distance / NEAREST_SPAN), 3)
         return credits

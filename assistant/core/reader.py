@@ -264,7 +264,7 @@ class SemanticReader:
                 continue
             if wanted:
                 ruled = {n: {v for v, c in credits.items() if c >= 1.0} for n, credits in wanted.items()}
-                if how == "lexicon" and key in self.kind_people:  # "a blouse": a woman's or a girl's ("not a
+                if key in self.kind_people:  # "a blouse": a woman's or a girl's ("not a
                     wanted = {**self._person_values(self.kind_people[key]), **wanted}  # blouse" rules out no one)
                 return Mention(start, start + length, " ".join(key), wanted, ruled, how)
         return None
