@@ -293,9 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--port", type=int, default=8000)
     api.add_argument("--workers", type=int, default=1, help="worker processes (each loads the model)")
     api.add_argument("--threads", type=int, default=1, help="torch/faiss threads per turn (default 1)")
-    api.add_argument("--request-threads", type=int, default=REQUEST_THREADS,
-                     help=f"turns run at once per worker (default {REQUEST_THREADS}: ranking holds the GIL; 2 may "
-                          "help a store far away on the network)")
+    api.add_argument("--request-threads", type=int,
+                     help="turns run at once per worker (default by store: " +
+                          ", ".join(f"{kind} {n}" for kind, n in REQUEST_THREADS.items()) +
+                          "; ranking holds the GIL, a database server's commit does not)")
     _split_option(api)
     api.set_defaults(run=cmd_api)
 

@@ -14,7 +14,7 @@ from assistant.core.catalog import Catalog
 from assistant.core.loaders import load_catalog
 from assistant.core.storage import cache_dir
 from assistant.core.store import describe_store, open_store
-from assistant.service.app import REQUEST_THREADS, create_app
+from assistant.service.app import create_app
 
 SETTINGS_ENV = "FASHION_ASSISTANT_API_SETTINGS"
 
@@ -44,10 +44,11 @@ def _catalog(settings: dict) -> Catalog:
 def serve_api(model_dir: str | os.PathLike, catalog: str | os.PathLike, store: str | os.PathLike | None = None,
               host: str = "127.0.0.1", port: int = 8000, workers: int = 1, threads: int = 1,
               split: str | None = None, images_root: str | os.PathLike | None = None,
-              request_threads: int = REQUEST_THREADS) -> None:
+              request_threads: int | None = None) -> None:
     """Serve the API until interrupted. `store`: a folder, .sqlite file or `postgresql://…` URL (default: the
     cache's dialogs/). `split` serves only that split of the catalog (e.g. `test`, the items held out from
-    training). Every worker loads the model (features and index come from the cache after the first)."""
+    training). `request_threads`: turns run at once per worker (default: by the store's kind). Every worker loads
+    the model (features and index come from the cache after the first)."""
     store = os.fspath(store or cache_dir() / "dialogs")
     print(f"Storing dialogs in {describe_store(store)}; OpenAPI at http://{host}:{port}/docs", flush=True)
     settings = {"model": os.fspath(model_dir), "catalog": os.fspath(catalog), "store": store, "threads": threads,

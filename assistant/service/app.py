@@ -46,11 +46,12 @@ API_KEY_ENV = "FASHION_ASSISTANT_API_KEY"
 JSON_BODY_BYTES = 64 * 1024  # a message is at most 500 characters: any JSON body needs far less
 UPLOAD_BODY_BYTES = MAX_UPLOAD_BYTES + 64 * 1024  # a photo, its form fields and the multipart framing
 CACHED_SESSIONS = 4096
-# Turns run side by side in this many threads: they rank under the GIL, so more only trade the GIL back and forth
-# (32 concurrent dialogs on 2 cores, real held-out split: one or two threads alike, about 300 turns/s; 8 threads
-# 156 and anyio's default 40 slower still on the whole catalog). A store far away on the network waits outside the
-# GIL, and may want two.
-REQUEST_THREADS = 1
+# Turns run side by side in this many threads, by store. Ranking holds the GIL, so on SQLite more threads only trade
+# it back and forth (32 concurrent dialogs on 2 cores, real held-out split, one replica: 1 thread 296-301 turns/s
+# p99 122-128 ms, 2 threads 243-248 turns/s p99 148-158 ms). A PostgreSQL commit waits on the server outside the
+# GIL, and a second thread ranks meanwhile (two replicas on one server: 1 thread 294-312 turns/s p99 141-225 ms,
+# 2 threads 338-363 turns/s p99 124-159 ms).
+REQUEST_THREADS = {"sqlite": 1, "postgresql": 2}
 DIALOG_ID = re.compile(r"[0-9a-f]{32}")
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": Problem} for code in (401, 404, 409, 413, 422)}
 
@@ -182,10 +183,11 @@ def _validation_message(error: RequestValidationError | ValidationError) -> tupl
 
 def create_app(assistant: Any, store: DialogStore, api_key: str | None = None,
                cached_sessions: int = CACHED_SESSIONS, threads: int = 1,
-               request_threads: int = REQUEST_THREADS) -> FastAPI:
+               request_threads: int | None = None) -> FastAPI:
     """The API over a loaded Assistant and a store. With `api_key` (default: $FASHION_ASSISTANT_API_KEY) every
-    POST needs it in an `X-API-Key` header. Turns run in `request_threads` threads, each ranking with `threads`
-    torch threads."""
+    POST needs it in an `X-API-Key` header. Turns run in `request_threads` threads (default: by the store's kind,
+    REQUEST_THREADS), each ranking with `threads` torch threads."""
+    request_threads = request_threads or REQUEST_THREADS.get(store.kind, 1)
     api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
     catalog = assistant.catalog
     views = item_views(assistant)
