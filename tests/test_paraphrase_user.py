@@ -86,7 +86,8 @@ def test_the_two_parts_share_no_frame_and_no_word() -> None:
     for first in ("demo", "fpi"):
         for second in ("demo", "fpi"):
             assert not colour_names[first, "train"] & colour_names[second, "heldout"], (first, second)
-    assert len(colour_names["fpi", "heldout"]) > 40 and len(colour_names["fpi", "train"]) > 400
+    # every label has a colour family now, so a name outside its label's family is dropped: 38 held aside on fpi
+    assert len(colour_names["fpi", "heldout"]) > 30 and len(colour_names["fpi", "train"]) > 400
 
 
 def reader_lexicon() -> set[tuple[str, ...]]:
@@ -124,7 +125,7 @@ def test_held_aside_words_are_not_the_readers(catalog_name: str) -> None:
     other_words |= {p for ways in bank.comparatives.values() for ps in ways.values() for p in ps}
     frames = {f for fs in bank.frames.values() for f in fs}
     frame_words = {" ".join(literal for literal, _, _, _ in string.Formatter().parse(f)) for f in frames}
-    assert len(colour_names) >= (40 if catalog_name == "fpi" else 18) and len(other_words) > 80 and len(frames) > 80
+    assert len(colour_names) >= (30 if catalog_name == "fpi" else 18) and len(other_words) > 80 and len(frames) > 80
     for phrase in colour_names | other_words | frame_words:
         assert not contains(words_of(phrase), known | values), phrase
     for phrase in other_words | frame_words:
@@ -135,7 +136,7 @@ def test_held_aside_words_are_not_the_readers(catalog_name: str) -> None:
 
 STAND_INS = {  # family -> the fields filled in, the values the reader must want, and those it may rule out
     "category": ({"t": "dresses", "s": "skirts"}, {"garment=dress"}, {"garment=skirt"}),
-    "colour": ({"t": "red", "s": "blue"}, {"colour=red"}, {"colour=blue"}),
+    "colour": ({"t": "red", "s": "blue"}, {"colour=red"}, {"colour=blue", "colour=navy"}),  # navy: a blue
     "colour_comparative": ({"t": "red", "cmp": "darker"}, {"colour=red"}, set()),
     "gender": ({"t": "women", "s": "men"}, {"gender=women"}, {"gender=men"}),
     "usage": ({"t": "sports", "s": "formal wear"}, {"usage=Sports"}, {"usage=Formal"}),

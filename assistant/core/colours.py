@@ -8,6 +8,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from coloraide import Color
 from matplotlib import colors as mpl_colors
 
@@ -36,7 +37,7 @@ MODIFIER_SHIFTS = {  # (lightness change, chroma factor) of a modifier before a 
 NEAREST_SPAN = 12.0  # CIEDE2000 beyond the nearest label's distance that still earns partial credit
 SHADE_CREDIT = 0.7  # credit of another label in the named family ("blue" asked, "Navy Blue" shown)
 RULED_OUT_SPAN = 6.0  # labels this close to a ruled-out colour word are ruled out with it
-FAMILY_REACH = 18.0  # CIEDE2000 within which a label whose words name no basic colour joins the nearest family
+FAMILY_REACH = 18.0  # CIEDE2000 within which a label whose words name no basic colour joins its nearest family
 RELATIVE_STEP = 6.0  # lightness (or chroma) a label must move to count as darker / lighter / brighter
 
 
@@ -91,20 +92,36 @@ def chroma(lab: Sequence[float]) -> float:
     return math.hypot(lab[1], lab[2])
 
 
-@functools.cache
-def family_labs() -> dict[str, tuple[float, float, float]]:
-    return {family: lab_of_hex(colour_names()[family]) for family in FAMILIES}
-
-
 ACHROMATIC_CHROMA = 12.0  # below this chroma a colour is black, grey or white by its lightness
+ACHROMATIC = ("black", "white", "grey")
+
+
+@functools.cache
+def family_named_colours() -> tuple[tuple[str, ...], np.ndarray]:
+    """The family and CIELAB of every colour name whose head word is a chromatic basic colour ("pale brown", "wine
+    red", "greenish blue"): the colour survey's own boundaries between the families, not one prototype for each."""
+    named = [(name.split()[-1], lab_of_hex(value)) for name, value in colour_names().items()
+             if name.split()[-1] in FAMILIES and name.split()[-1] not in ACHROMATIC]
+    return tuple(family for family, _ in named), np.array([lab for _, lab in named])
+
+
+FAMILY_SHORTLIST = 48  # the named colours nearest in plain Lab distance that CIEDE2000 then orders
+
+
+@functools.cache
+def _nearest_family(lab: tuple[float, float, float]) -> tuple[str, float]:
+    if chroma(lab) < ACHROMATIC_CHROMA:
+        return ("black" if lab[0] < 20 else "white" if lab[0] > 88 else "grey"), 0.0
+    families, labs = family_named_colours()
+    shortlist = np.argsort(np.linalg.norm(labs - np.asarray(lab), axis=1))[:FAMILY_SHORTLIST]
+    return min(((families[i], delta_e(lab, labs[i])) for i in shortlist), key=lambda fd: fd[1])
 
 
 def nearest_family(lab: Sequence[float]) -> str:
-    """The basic colour a CIELAB colour is closest to; greys by lightness, chromatic ones by CIEDE2000."""
-    if chroma(lab) < ACHROMATIC_CHROMA:
-        return "black" if lab[0] < 20 else "white" if lab[0] > 88 else "grey"
-    chromatic = [family for family in FAMILIES if family not in ("black", "white", "grey")]
-    return min(chromatic, key=lambda family: delta_e(lab, family_labs()[family]))
+    """The basic colour a CIELAB colour belongs to: greys by lightness; a chromatic one, the family of the nearest
+    colour name the survey files under a basic colour (camel: "pale brown", so brown; not orange, the nearest
+    prototype)."""
+    return _nearest_family(tuple(float(v) for v in lab))[0]
 
 
 @dataclass(frozen=True)
@@ -116,16 +133,22 @@ class ColourLabel:
     families: frozenset[str]
 
 
+def word_families(value: str) -> frozenset[str]:
+    """The basic colours a label's own words name ("Navy Blue": blue; "Maroon": none)."""
+    words = _words(value).split()
+    return frozenset({word for word in words if word in FAMILIES} | ({"grey"} if "gray" in words else set()))
+
+
 def describe_label(value: str) -> ColourLabel:
     """A label's colour from its whole name, else from its first word that names a colour ("Coffee Brown")."""
     words = _words(value)
     lab = colour_lab(words)
     if lab is None:
         lab = next((colour_lab(word) for word in words.split() if colour_lab(word) is not None), None)
-    families = {word for word in words.split() if word in FAMILIES} | ({"grey"} if "gray" in words.split() else set())
+    families = set(word_families(value))
     if lab is not None and not families:
-        family = nearest_family(lab)
-        if delta_e(lab, family_labs()[family]) <= FAMILY_REACH:
+        family, distance = _nearest_family(tuple(lab))
+        if distance <= FAMILY_REACH:
             families.add(family)
     return ColourLabel(value, lab, frozenset(families))
 

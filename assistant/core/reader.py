@@ -41,6 +41,14 @@ RELATIVE_WORDS = {"darker": "darker", "deeper": "darker", "lighter": "lighter", 
 GENERIC_WORDS = frozenset("""outfit outfits clothes clothing wear wearing item items look looks piece pieces stuff
 thing things garment garments apparel style styles option options product products buy gift gifts shop""".split())
 CUE_WORDS = frozenset(word for cue in PRE_CUES + POST_CUES for word in cue)
+# A phrase in an occasion's slot ("for a picnic", "to a gala", "at the races") is read against the occasion values
+# alone, with a lower bar than a phrase anywhere (calibrated on a bank of our own occasion phrases and non-occasion
+# "for ..." phrases: tests/test_reader.py).
+OCCASION_CUES = frozenset({"for", "to", "at", "during"})
+SLOT_FILLERS = frozenset("a an the my our his her their your some this that these those next upcoming".split())
+OCCASION_KINDS = frozenset({"usage"})
+OCCASION_THRESHOLD = 0.6
+OCCASION_MARGIN = 0.3
 READING_CACHE = 4096
 PHRASE_CACHE = 20_000
 SPELLING_MIN_LETTERS = 5  # shorter words are too close to too many others to be corrected safely
@@ -64,6 +72,15 @@ def residual_grams(tokens: list[str], taken: set[int]) -> list[tuple[int, int]]:
     return [(i, i + n) for i in content for n in range(1, MAX_NGRAM + 1)
             if i + n - 1 in content_set and all(j not in taken and tokens[j] not in PUNCTUATION
                                                 for j in range(i, i + n))]
+
+
+def occasion_slot(tokens: list[str], start: int) -> bool:
+    """Whether the words from `start` fill an occasion's slot: after "for", "at" or "during" and any determiners
+    ("for picnics", "at the races"), or after "to" and a determiner ("to a gala"; "to carry" is a verb's slot)."""
+    j = start - 1
+    while j >= 0 and tokens[j] in SLOT_FILLERS:
+        j -= 1
+    return j >= 0 and tokens[j] in OCCASION_CUES and (tokens[j] != "to" or j < start - 1)
 
 
 class PhraseEncoder:
@@ -319,10 +336,15 @@ class SemanticReader:
             self._meanings = meanings, vectors
         return self._meanings
 
-    def match(self, phrases: list[str]) -> list[tuple[Meaning, float, float] | None]:
-        """Per phrase: its most probable meaning, that probability, and its logit margin over the best meaning that
-        names other values of the same attributes (None when there are no meanings)."""
+    def match(self, phrases: list[str], kinds: frozenset[str] | None = None
+              ) -> list[tuple[Meaning, float, float] | None]:
+        """Per phrase: its most probable meaning (of facets of `kinds` only, when given), that probability, and its
+        logit margin over the best meaning that names other values of the same attributes (None when there are no
+        meanings)."""
         meanings, bank = self.meaning_bank()
+        if kinds is not None:
+            keep = [i for i, m in enumerate(meanings) if all(self.kinds[name] in kinds for name in m.wanted)]
+            meanings, bank = [meanings[i] for i in keep], bank[keep]
         if not phrases or not meanings:
             return [None] * len(phrases)
         probabilities = self.matcher.probabilities(self.encoder.encode(phrases), bank)
@@ -373,10 +395,17 @@ class SemanticReader:
         grams = residual_grams(tokens, taken) if self.semantic else []
         if not grams:
             return []
-        scored = self.match([" ".join(tokens[a:b]) for a, b in grams])
+        texts = [" ".join(tokens[a:b]) for a, b in grams]
+        scored = self.match(texts)
         accepted = sorted(((s[1], a, b, s[0]) for (a, b), s in zip(grams, scored, strict=True)
                            if s is not None and s[1] >= self.matcher.threshold and s[2] >= self.matcher.margin),
                           key=lambda x: x[0], reverse=True)
+        slots = [k for k, (a, _) in enumerate(grams) if occasion_slot(tokens, a)]
+        if slots and any(kind in OCCASION_KINDS for kind in self.kinds.values()):
+            occasions = self.match([texts[k] for k in slots], kinds=OCCASION_KINDS)
+            accepted += sorted(((s[1], *grams[k], s[0]) for k, s in zip(slots, occasions, strict=True)
+                                if s is not None and s[1] >= OCCASION_THRESHOLD and s[2] >= OCCASION_MARGIN),
+                               key=lambda x: x[0], reverse=True)
         used: set[int] = set()
         mentions = []
         for _, a, b, meaning in accepted:
