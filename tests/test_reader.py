@@ -50,6 +50,9 @@ def test_a_phrase_in_an_occasions_slot_reads_as_an_occasion(fpi: SemanticReader)
     assert occasions_read(fpi, OCCASIONS["dev"]) >= 0.55
     assert sum(bool(fpi.read(text).wanted.get("usage")) for text in OCCASIONS["not_occasions"]) <= 2
     assert not fpi.read("a bag to carry my books").wanted.get("usage")  # "to" before a verb is no occasion's slot
+    assert not fpi.read("a scarf for tropical weather").wanted.get("usage")  # a season in the slot is no occasion
+    assert fpi.read("a gift for my gran").wanted == {"gender": {"Women": 1.0, "Unisex": 0.8}}
+    assert not fpi.read("can we look at crewneck sweats").wanted.get("usage")
 
 
 def test_dev_phrases(fpi: SemanticReader) -> None:

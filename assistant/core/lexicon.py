@@ -131,7 +131,7 @@ PEOPLE: dict[str, tuple[str, str]] = {
                      "son in law", "fiance", "groom", "gentleman", "gentlemen", "him", "male", "gents", "he"),
                     ("male", "adult")),
     **dict.fromkeys(("woman", "women", "womens", "lady", "ladies", "wife", "girlfriend", "mother", "mom", "mum",
-                     "mommy", "mummy", "grandmother", "grandma", "granny", "aunt", "auntie", "sister",
+                     "mommy", "mummy", "grandmother", "grandma", "granny", "gran", "nana", "aunt", "auntie", "sister",
                      "mother in law", "sister in law", "daughter in law", "fiancee", "bride", "her", "female", "she",
                      "bridesmaid"), ("female", "adult")),
     **dict.fromkeys(("boy", "boys", "son", "nephew", "grandson", "schoolboy", "little brother"), ("male", "child")),

@@ -45,8 +45,12 @@ CUE_WORDS = frozenset(word for cue in PRE_CUES + POST_CUES for word in cue)
 # alone, with a lower bar than a phrase anywhere (calibrated on a bank of our own occasion phrases and non-occasion
 # "for ..." phrases: tests/test_reader.py).
 OCCASION_CUES = frozenset({"for", "to", "at", "during"})
+LOOKING = frozenset("look looking looked glance see seeing".split())
 SLOT_FILLERS = frozenset("a an the my our his her their your some this that these those next upcoming".split())
 OCCASION_KINDS = frozenset({"usage"})
+# what else such a slot names ("for tropical weather", "for my gran"): they compete there, so that a season or a
+# person is not read as the occasion nearest it, but only an occasion is read with the lower bar
+SLOT_KINDS = OCCASION_KINDS | {"season", "gender"}
 OCCASION_THRESHOLD = 0.6
 OCCASION_MARGIN = 0.3
 READING_CACHE = 4096
@@ -80,7 +84,9 @@ def occasion_slot(tokens: list[str], start: int) -> bool:
     j = start - 1
     while j >= 0 and tokens[j] in SLOT_FILLERS:
         j -= 1
-    return j >= 0 and tokens[j] in OCCASION_CUES and (tokens[j] != "to" or j < start - 1)
+    if j < 0 or tokens[j] not in OCCASION_CUES or (tokens[j] == "to" and j == start - 1):
+        return False
+    return not (tokens[j] == "at" and j > 0 and tokens[j - 1] in LOOKING)  # "look at kurtas" names no occasion
 
 
 class PhraseEncoder:
@@ -402,9 +408,10 @@ class SemanticReader:
                           key=lambda x: x[0], reverse=True)
         slots = [k for k, (a, _) in enumerate(grams) if occasion_slot(tokens, a)]
         if slots and any(kind in OCCASION_KINDS for kind in self.kinds.values()):
-            occasions = self.match([texts[k] for k in slots], kinds=OCCASION_KINDS)
+            occasions = self.match([texts[k] for k in slots], kinds=SLOT_KINDS)
             accepted += sorted(((s[1], *grams[k], s[0]) for k, s in zip(slots, occasions, strict=True)
-                                if s is not None and s[1] >= OCCASION_THRESHOLD and s[2] >= OCCASION_MARGIN),
+                                if s is not None and s[1] >= OCCASION_THRESHOLD and s[2] >= OCCASION_MARGIN
+                                and all(self.kinds[name] in OCCASION_KINDS for name in s[0].wanted)),
                                key=lambda x: x[0], reverse=True)
         used: set[int] = set()
         mentions = []
