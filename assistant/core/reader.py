@@ -3,8 +3,8 @@
 Misspelt shop words are corrected first ("sneekers"). Mentions are then found, longest first, by the catalog's
 exact value words (AttributeParser), the reviewed lexicon
 (kinds, occasions, seasons, people), colour names in CIELAB (assistant.core.colours) and, for the words left,
-MiniLM phrase vectors against descriptions of every attribute value; assistant.core.negation decides which
-mentions are ruled out.
+MiniLM phrase vectors against descriptions of every attribute value (a phrase in an occasion's slot, "for a gala",
+against the occasions with a lower bar); assistant.core.negation decides which mentions are ruled out.
 """
 
 from __future__ import annotations
