@@ -26,7 +26,7 @@ import httpx
 from assistant.cli import demo_model_dir
 from assistant.core.catalog import SPLITS
 from assistant.core.storage import atomic_write_text
-from assistant.core.store import temporary_postgres
+from assistant.core.store import POSTGRES_SCHEMES, temporary_postgres
 from assistant.service.app import REQUEST_THREADS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -110,8 +110,7 @@ async def run_load(urls: list[str], dialogs: int, concurrency: int, turns: int, 
     shared by all shoppers queued their requests in its own order (measured: up to 0.5 s between a request sent
     and the server's app receiving it, with the server's event loop free). Stops starting dialogs at `time_limit`.
     Every dialog is then read back (GET) and compared with what it sent and was shown: `isolated` says whether
-    every dialog saw exactly its own
-    turns.
+    every dialog saw exactly its own turns.
     """
     latencies: list[float] = []
     by_turn: dict[int, list[float]] = {}
@@ -196,7 +195,7 @@ def load_run(args: argparse.Namespace, store: str, count: int) -> dict:
                                       alternate=args.alternate))
         seconds = time.perf_counter() - started
         cores = [(cpu_seconds(pid) - before) / seconds for pid, before in zip(pids, cpu_before, strict=True)]
-        kind = "postgresql" if "://" in store else "sqlite"
+        kind = "postgresql" if store.startswith(POSTGRES_SCHEMES) else "sqlite"
         result.update(model=args.model.name, split=args.split or "all",
                       request_threads=args.request_threads or REQUEST_THREADS[kind],
                       routing="each request to the next replica" if args.alternate and count > 1

@@ -133,19 +133,13 @@ class ColourLabel:
     families: frozenset[str]
 
 
-def word_families(value: str) -> frozenset[str]:
-    """The basic colours a label's own words name ("Navy Blue": blue; "Maroon": none)."""
-    words = _words(value).split()
-    return frozenset({word for word in words if word in FAMILIES} | ({"grey"} if "gray" in words else set()))
-
-
 def describe_label(value: str) -> ColourLabel:
     """A label's colour from its whole name, else from its first word that names a colour ("Coffee Brown")."""
     words = _words(value)
     lab = colour_lab(words)
     if lab is None:
         lab = next((colour_lab(word) for word in words.split() if colour_lab(word) is not None), None)
-    families = set(word_families(value))
+    families = {word for word in words.split() if word in FAMILIES} | ({"grey"} if "gray" in words.split() else set())
     if lab is not None and not families:
         family, distance = _nearest_family(tuple(lab))
         if distance <= FAMILY_REACH:

@@ -342,18 +342,24 @@ class SemanticReader:
             self._meanings = meanings, vectors
         return self._meanings
 
-    def match(self, phrases: list[str], kinds: frozenset[str] | None = None
-              ) -> list[tuple[Meaning, float, float] | None]:
-        """Per phrase: its most probable meaning (of facets of `kinds` only, when given), that probability, and its
-        logit margin over the best meaning that names other values of the same attributes (None when there are no
-        meanings)."""
-        meanings, bank = self.meaning_bank()
+    @functools.lru_cache(maxsize=8)  # noqa: B019 (the meaning bank, once built, never changes)
+    def _kind_columns(self, kinds: frozenset[str]) -> np.ndarray:
+        """The meaning bank's rows that name only facets of `kinds`."""
+        meanings, _ = self.meaning_bank()
+        return np.array([i for i, m in enumerate(meanings) if all(self.kinds[name] in kinds for name in m.wanted)],
+                        dtype=np.int64)
+
+    def best_meanings(self, probabilities: np.ndarray, kinds: frozenset[str] | None = None
+                      ) -> list[tuple[Meaning, float, float] | None]:
+        """Per row of match probabilities (phrases x the meaning bank): its most probable meaning (of facets of
+        `kinds` only, when given), that probability, and its logit margin over the best meaning that names other
+        values of the same attributes (None when no meaning qualifies)."""
+        meanings, _ = self.meaning_bank()
         if kinds is not None:
-            keep = [i for i, m in enumerate(meanings) if all(self.kinds[name] in kinds for name in m.wanted)]
-            meanings, bank = [meanings[i] for i in keep], bank[keep]
-        if not phrases or not meanings:
-            return [None] * len(phrases)
-        probabilities = self.matcher.probabilities(self.encoder.encode(phrases), bank)
+            columns = self._kind_columns(kinds)
+            meanings, probabilities = [meanings[i] for i in columns], probabilities[:, columns]
+        if not meanings:
+            return [None] * len(probabilities)
         logits = np.log(np.clip(probabilities, 1e-9, None)) - np.log(np.clip(1 - probabilities, 1e-9, None))
         out: list[tuple[Meaning, float, float] | None] = []
         for row, logit in zip(probabilities, logits, strict=True):
@@ -401,14 +407,18 @@ class SemanticReader:
         grams = residual_grams(tokens, taken) if self.semantic else []
         if not grams:
             return []
-        texts = [" ".join(tokens[a:b]) for a, b in grams]
-        scored = self.match(texts)
+        meanings, bank = self.meaning_bank()
+        if not meanings:
+            return []
+        probabilities = self.matcher.probabilities(self.encoder.encode([" ".join(tokens[a:b]) for a, b in grams]),
+                                                   bank)
+        scored = self.best_meanings(probabilities)
         accepted = sorted(((s[1], a, b, s[0]) for (a, b), s in zip(grams, scored, strict=True)
                            if s is not None and s[1] >= self.matcher.threshold and s[2] >= self.matcher.margin),
                           key=lambda x: x[0], reverse=True)
         slots = [k for k, (a, _) in enumerate(grams) if occasion_slot(tokens, a)]
         if slots and any(kind in OCCASION_KINDS for kind in self.kinds.values()):
-            occasions = self.match([texts[k] for k in slots], kinds=SLOT_KINDS)
+            occasions = self.best_meanings(probabilities[slots], kinds=SLOT_KINDS)
             accepted += sorted(((s[1], *grams[k], s[0]) for k, s in zip(slots, occasions, strict=True)
                                 if s is not None and s[1] >= OCCASION_THRESHOLD and s[2] >= OCCASION_MARGIN
                                 and all(self.kinds[name] in OCCASION_KINDS for name in s[0].wanted)),
