@@ -34,7 +34,7 @@ class ShopState:
     session: ShoppingSession
     history: list[dict] = field(default_factory=list)
     selected: int | None = None  # the result the page shows selected (a click's), None when none is
-    stale_mark: bool = False  # a typed turn's new results still show an old click's mark (cleared right after)
+    marks_cleared: int = 0  # typed turns whose new results came with an old click's mark, cleared right after
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # one event at a time per tab
 
     def say(self, role: str, text: str) -> None:
@@ -129,15 +129,17 @@ class ShopHandlers:
         with state.lock:
             marked = state.selected is not None
             outputs = self.send_message(text, state)
-            state.stale_mark = marked and state.selected is None
+            if marked and state.selected is None:
+                state.marks_cleared += 1
+        outputs = (*outputs, state.marks_cleared)
         return self.turn_page(outputs) if self.turn_page is not None else outputs
 
-    def on_turn_shown(self, state: ShopState | None) -> dict:
-        """After a typed turn: clear the old click's mark on the new results (a turn's outputs made by PageValues
-        can set the gallery's selection but not clear it: gradio drops a None property from an update)."""
-        if state is None or not state.stale_mark:
-            return gr.skip()
-        state.stale_mark = False
+    @staticmethod
+    def clear_mark() -> gr.Gallery:
+        """Clear an old click's mark on a typed turn's new results. The turn's own update cannot (gradio drops a
+        None property from an update dict), so it bumps a hidden counter whose change calls this: an event only
+        after a click, as any update of the gallery's properties makes gradio rebuild its config. (A gr.State's
+        change would not fire: the page hears of state changes only from queued events.)"""
         return gr.Gallery(selected_index=None)
 
     def send_message(self, text: str, state: ShopState) -> tuple:
@@ -236,13 +238,14 @@ def shop_tab(app: gr.Blocks, assistant: Any, store: DialogStore | None, turn_thr
                     understood = gr.Markdown(elem_id="shop-understood")
             gallery = results_gallery("Results", "shop-gallery")
     outputs = [state, chatbot, gallery, reference_image, reference, understood, status, saved_dialog]
-    handlers = ShopHandlers(assistant, store, turn_threads, PageValues([*outputs, message]))
+    marks_cleared = gr.Number(0, visible="hidden", elem_id="shop-marks-cleared")
+    handlers = ShopHandlers(assistant, store, turn_threads, PageValues([*outputs, message, marks_cleared]))
     hidden = {"api_visibility": "undocumented"}  # the page's own events: callable, not in the API docs
     app.load(handlers.on_load, [state, saved_dialog], outputs, **hidden)
     typed = {"queue": False, "postprocess": False}
-    for turn in (send.click(handlers.on_send, [message, state], [*outputs, message], api_name="send", **typed),
-                 message.submit(handlers.on_send, [message, state], [*outputs, message], **hidden, **typed)):
-        turn.then(handlers.on_turn_shown, [state], [gallery], queue=False, show_progress="hidden", **hidden)
+    send.click(handlers.on_send, [message, state], [*outputs, message, marks_cleared], api_name="send", **typed)
+    message.submit(handlers.on_send, [message, state], [*outputs, message, marks_cleared], **hidden, **typed)
+    marks_cleared.change(handlers.clear_mark, None, [gallery], queue=False, show_progress="hidden", **hidden)
     gallery.select(handlers.on_select, [state], outputs, api_name="select")
     photo_button.upload(handlers.on_photo, [photo_button, state], outputs, api_name="photo")
     pick.click(handlers.on_pick, [state], outputs, api_name="pick")
