@@ -94,16 +94,27 @@ class SendEndpoint:
         self.fn_index, self.trigger_id = dependency["id"], dependency["targets"][0][0]
         self.inputs = len(dependency["inputs"])
         self.queued = dependency.get("queue") is not False  # an event off the queue is one POST, as the page sends it
-        # what the page runs after each turn (`.then` events: one input, the tab's state), off the queue or on it
+        # what the page runs after each turn (`.then` events), off the queue or on it, and when an output's value
+        # changed, that output's change events (the state's inputs live on the server: sent as None)
         self.after = [(d["id"], len(d["inputs"]), d.get("queue") is not False) for d in config["dependencies"]
                       if d.get("trigger_after") == dependency["id"]]
+        self.on_change = {position: [(d["id"], len(d["inputs"]), d.get("queue") is not False)
+                                     for d in config["dependencies"] if [block, "change"] in d["targets"]]
+                          for position, block in enumerate(dependency["outputs"])}
         self.chat, self.gallery = outputs.index("chatbot"), outputs.index("gallery")
 
-    async def send(self, client: httpx.AsyncClient, session_hash: str, text: str) -> list:
+    async def send(self, client: httpx.AsyncClient, session_hash: str, text: str, last_values: dict[int, object]
+                   ) -> list:
         """The message as the page sends it (the tab's state lives on the server), then the events the page runs
-        after it; the message's outputs."""
+        after it; the message's outputs. `last_values` holds the session's last values of outputs that have
+        change events."""
         out = await self.run(client, session_hash, self.fn_index, [text] + [None] * (self.inputs - 1), self.queued)
-        for fn_index, inputs, queued in self.after:
+        follow = list(self.after)
+        for position, events in self.on_change.items():
+            if events and out[position] != last_values.get(position, out[position]):
+                follow += events
+            last_values[position] = out[position]
+        for fn_index, inputs, queued in follow:
             await self.run(client, session_hash, fn_index, [None] * inputs, queued)
         return out
 
@@ -138,12 +149,12 @@ async def run_browser_session(endpoint: SendEndpoint, n: int, turns: int, deadli
     script = session_script(n, turns)
     latencies, isolated, shown = [], True, 0
     async with httpx.AsyncClient(timeout=60) as client:
-        session_hash = uuid.uuid4().hex[:12]
+        session_hash, last_values = uuid.uuid4().hex[:12], {}
         for said, text in enumerate(script, start=1):
             if time.monotonic() > deadline:
                 break
             start = time.perf_counter()
-            out = await endpoint.send(client, session_hash, text)
+            out = await endpoint.send(client, session_hash, text, last_values)
             latencies.append(time.perf_counter() - start)
             isolated &= user_texts(out[endpoint.chat]) == script[:said]
             gallery = out[endpoint.gallery]
