@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import hashlib
@@ -12,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from assistant.core.batching import MAX_BATCH, BatchingRanker
 from assistant.core.catalog import Catalog, Item
 from assistant.core.constraints import Probabilities
 from assistant.core.dialog import PAGE_SIZE, Dialog, RankingContext
@@ -99,6 +101,13 @@ class Assistant:
 
     def context(self) -> RankingContext:
         return RankingContext(self.catalog, self.ranker, self.features.image, self.backbone, self.attribute_predictor)
+
+    def batching(self, max_batch: int = MAX_BATCH) -> Assistant:
+        """This assistant (sharing every part) with the turns of concurrent threads ranked together (BatchingRanker),
+        for a server whose request threads play many dialogs at once."""
+        batched = copy.copy(self)
+        batched.ranker = BatchingRanker(self.ranker, max_batch)
+        return batched
 
     def dialog(self, page_size: int = PAGE_SIZE) -> Dialog:
         """A new dialog for one shopper."""

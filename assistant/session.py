@@ -182,9 +182,10 @@ class ShoppingSession:
         finally:
             self.store = store
         shown = [item.id for item in self.results]
-        if shown != turn.shown:
-            log.warning("dialog %s turn %d played again shows other items than stored (was the model changed?)",
+        if shown != turn.shown and all(item_id in self.assistant.catalog for item_id in turn.shown):
+            log.warning("dialog %s turn %d played again ranks other items than it showed; it keeps the stored page",
                         self.id, turn.turn)
+            self.results = self.dialog.show(turn.shown)
 
     def say(self, raw_text: str | None, reference: Item | str | None = None) -> TurnOutcome:
         """A typed message: starts the dialog (about `reference` or the clicked item, if any) or refines the

@@ -23,6 +23,7 @@ from PIL import Image
 
 from assistant.core.store import open_store
 from assistant.service.app import create_app
+from assistant.service.schemas import TurnResult
 from assistant.session import ShoppingSession
 
 REPO = Path(__file__).resolve().parent.parent
@@ -55,6 +56,9 @@ def test_a_dialog_over_http_starts_refines_reads_back_and_picks(client: TestClie
     started = client.post("/v1/dialogs", json={"text": "a red dress for women"})
     assert started.status_code == 200, started.text
     body = started.json()
+    # a turn's answer is spliced from encoded item views: it must be exactly a TurnResult, every field, no other
+    assert TurnResult.model_validate(body).model_dump(mode="json") == body
+    assert started.headers["content-type"] == "application/json"
     dialog_id, items = body["dialog_id"], body["items"]
     assert len(items) == 12 and body["turn"] == 1 and body["reference"] == items[0]["id"]
     first = demo_assistant.catalog[items[0]["id"]]
@@ -64,6 +68,7 @@ def test_a_dialog_over_http_starts_refines_reads_back_and_picks(client: TestClie
     assert all(isinstance(v["predicted"], bool) for item in items for v in item["attributes"].values())
     refined = client.post(f"/v1/dialogs/{dialog_id}/turns", json={"text": "in blue", "reference": items[3]["id"]})
     assert refined.status_code == 200 and refined.json()["turn"] == 2
+    assert TurnResult.model_validate(refined.json()).model_dump(mode="json") == refined.json()
     assert items[3]["id"] not in [item["id"] for item in refined.json()["items"]]  # talked about: not shown again
     again = client.post(f"/v1/dialogs/{dialog_id}/turns", json={"text": "shorter"}).json()
     stored = client.get(f"/v1/dialogs/{dialog_id}").json()

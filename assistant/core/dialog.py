@@ -291,6 +291,16 @@ class Dialog:
         shown = self._row(reference) if reference is not None else self._next_shown()
         return self._turn(shown, text)
 
+    def show(self, items: Sequence[Item | str]) -> list[Item]:
+        """Put `items` on show as the last turn's page instead of its ranking: a stored dialog played again keeps
+        the page its shopper saw, even where the ranking breaks a near-tie the other way (a batched query differs
+        from one alone in a float's last bits)."""
+        rows = [self._row(item) for item in items]
+        self._results = rows
+        if self.state.turns and self._pending is None:
+            self.state.turns[-1].results = list(rows)
+        return self.results
+
     def _next_shown(self) -> Shown | None:
         if self._pending is not None:
             return self._pending
