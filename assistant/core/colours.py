@@ -153,6 +153,7 @@ class ColourSense:
     def __init__(self, values: Iterable[str]) -> None:
         self.labels = {value: describe_label(value) for value in dict.fromkeys(values)}
         self._by_words = {_words(value): value for value in self.labels}
+        self._relative: dict[tuple[str, str], dict[str, float]] = {}  # a dialog's every turn asks again
 
     def is_colour(self, words: str) -> bool:
         return _words(words) in FAMILIES or colour_lab(words) is not None or _words(words) in self._by_words
@@ -228,7 +229,14 @@ class ColourSense:
         return frozenset(value for value, d in distances.items() if d - nearest <= RULED_OUT_SPAN)
 
     def relative(self, reference: str, direction: str) -> dict[str, float]:
-        """Labels darker / lighter / brighter than the reference label, of a similar hue, by closeness."""
+        """Labels darker / lighter / brighter than the reference label, of a similar hue, by closeness (worked out
+        once per label and direction: 2 ms of colour distances)."""
+        key = (reference, direction)
+        if key not in self._relative:
+            self._relative[key] = self._relative_credits(reference, direction)
+        return dict(self._relative[key])
+
+    def _relative_credits(self, reference: str, direction: str) -> dict[str, float]:
         ref = self.labels.get(reference)
         if ref is None or ref.lab is None:
             return {}

@@ -47,12 +47,12 @@ API_KEY_ENV = "FASHION_ASSISTANT_API_KEY"
 JSON_BODY_BYTES = 64 * 1024  # a message is at most 500 characters: any JSON body needs far less
 UPLOAD_BODY_BYTES = MAX_UPLOAD_BYTES + 64 * 1024  # a photo, its form fields and the multipart framing
 CACHED_SESSIONS = 4096
-# Turns run side by side in this many threads, by store. Ranking holds the GIL, so on SQLite more threads only trade
-# it back and forth (32 concurrent dialogs on 2 cores, real held-out split, one replica: 1 thread 296-301 turns/s
-# p99 122-128 ms, 2 threads 243-248 turns/s p99 148-158 ms). A PostgreSQL commit waits on the server outside the
-# GIL, and a second thread ranks meanwhile (two replicas on one server: 1 thread 294-312 turns/s p99 141-225 ms,
-# 2 threads 338-363 turns/s p99 124-159 ms).
-REQUEST_THREADS = {"sqlite": 1, "postgresql": 2}
+# Turns run side by side in this many threads, by store; with more than one, the turns they play at once are
+# ranked together (BatchingRanker). 32 concurrent dialogs on 2 cores, whole catalog (34,975 items), fpi-cpu model:
+# one replica on SQLite, 1 thread 123 turns/s p99 352 ms, 16 threads 224-250 turns/s p99 179-194 ms; two
+# replicas on one PostgreSQL, 2 threads 199 turns/s p99 266 ms, 16 threads 305-373 turns/s p99 135-185 ms (32
+# threads: no better). Before the batching, a second thread only traded the GIL back and forth on SQLite.
+REQUEST_THREADS = {"sqlite": 16, "postgresql": 16}
 DIALOG_ID = re.compile(r"[0-9a-f]{32}")
 ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": Problem} for code in (401, 404, 409, 413, 422)}
 
