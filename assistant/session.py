@@ -60,8 +60,9 @@ class ShoppingSession:
 
     `results` are the items on show; `reference` is the item the next message talks about: the one the shopper
     clicked, else the top result. Each turn is stored (when a store is given) before its results are returned,
-    with what it needs to be played again: the dialog loop is deterministic given the turns, so `resume` on any
-    process rebuilds the same dialog, and `catch_up` plays the turns another process stored since. Its turns
+    with what it needs to be played again and the page it showed: `resume` on any process plays the turns again,
+    each keeping its stored page (a batched ranking can break a near-tie the other way), so it rebuilds the same
+    dialog, and `catch_up` plays the turns another process stored since. Its turns
     rank with `threads` torch threads in whichever thread plays them (a turn is too small to gain from more).
     """
 
