@@ -89,6 +89,24 @@ def test_darker_and_lighter_move_along_lightness() -> None:
     assert "Navy Blue" in understanding.wanted["baseColour"] and "Blue" not in understanding.wanted["baseColour"]
 
 
+
+
+@pytest.mark.parametrize(("text", "direction", "start"), [
+    ("a darker shade than this purple", "darker", "Purple"),
+    ("lighter than the grey one please", "lighter", "Grey"),
+    ("something a bit brighter than that pink", "brighter", "Pink"),
+])
+def test_a_colour_after_than_is_where_a_relative_move_starts(fpi: SemanticReader, text: str, direction: str,
+                                                             start: str) -> None:
+    """The colour compared with is not the one wanted, and a 'shade' of colour is no pair of shades (sunglasses)."""
+    reading = fpi.read(text)
+    assert reading.relative == [direction] and reading.compared == {"baseColour": start}
+    assert "baseColour" not in reading.wanted and "articleType" not in reading.wanted
+    reader = SemanticReader(FPI, rows=[{"baseColour": "Red", "articleType": "Tshirts"}])
+    wanted = reader.understand(DialogState([Turn(None, "a t-shirt"), Turn(0, text)])).wanted["baseColour"]
+    assert start not in wanted and set(wanted) == set(ColourSense(FPI["baseColour"]).relative(start, direction))
+    assert fpi.read("more red than this").wanted["baseColour"]["Red"] == 1.0  # the colour before 'than' is wanted
+    assert fpi.read("cool shades for the beach").wanted["articleType"] == {"Sunglasses": 1.0}
 @pytest.mark.parametrize(("text", "ruled", "kept"), [
     ("not red or pink", {"Red", "Pink"}, set()),
     ("no red, pink or orange, a blue top", {"Red", "Pink", "Orange"}, {"Blue"}),

@@ -39,13 +39,15 @@ RELATIVE_WORDS = {"darker": "darker", "deeper": "darker", "lighter": "lighter", 
                   "brighter": "brighter", "bolder": "brighter", "vivid": "brighter"}
 # Words that name no facet value however close their vectors come to one ("an outfit", "something to wear").
 GENERIC_WORDS = frozenset("""outfit outfits clothes clothing wear wearing item items look looks piece pieces stuff
-thing things garment garments apparel style styles option options product products buy gift gifts shop""".split())
+thing things garment garments apparel style styles option options product products buy gift gifts shop
+shade tone hue colour color coloured colored""".split())  # "a darker shade" is no pair of shades
 CUE_WORDS = frozenset(word for cue in PRE_CUES + POST_CUES for word in cue)
 # A phrase in an occasion's slot ("for a picnic", "to a gala", "at the races") is read against the occasion values
 # alone, with a lower bar than a phrase anywhere (calibrated on a bank of our own occasion phrases and non-occasion
 # "for ..." phrases: tests/test_reader.py).
 OCCASION_CUES = frozenset({"for", "to", "at", "during"})
 LOOKING = frozenset("look looking looked glance see seeing".split())
+THAN_FILLERS = frozenset("this that the these those my your its his her their one".split())
 SLOT_FILLERS = frozenset("a an the my our his her their your some this that these those next upcoming".split())
 OCCASION_KINDS = frozenset({"usage"})
 # what else such a slot names ("for tropical weather", "for my gran"): they compete there, so that a season or a
@@ -64,6 +66,14 @@ def english_words() -> frozenset[str]:
     """Whole words of MiniLM's WordPiece vocabulary (30k, lowercase): words a shopper may use as they are."""
     vocabulary = AutoTokenizer.from_pretrained(local_text_source(MINILM_NAME)).get_vocab()
     return frozenset(word for word in vocabulary if word.isalpha())
+
+
+def _after_than(tokens: list[str], start: int) -> bool:
+    """Whether the phrase at `start` follows "than" (and a determiner): what something is compared with."""
+    before = start - 1
+    while before >= 0 and tokens[before] in THAN_FILLERS:
+        before -= 1
+    return before >= 0 and tokens[before] == "than"
 
 
 def residual_grams(tokens: list[str], taken: set[int]) -> list[tuple[int, int]]:
@@ -162,6 +172,7 @@ class Reading:
     ruled_out: dict[str, set[str]] = field(default_factory=dict)
     said: dict[str, str] = field(default_factory=dict)  # attribute -> the shopper's words for it
     relative: list[str] = field(default_factory=list)  # darker | lighter | brighter
+    compared: dict[str, str] = field(default_factory=dict)  # attribute -> the value after "than" ("than this red")
     words: list[str] = field(default_factory=list)
     mentions: list[Mention] = field(default_factory=list)
 
@@ -515,8 +526,12 @@ class SemanticReader:
                 for name, values in mention.ruled.items():
                     reading.ruled_out.setdefault(name, set()).update(values)
                 continue
+            compared = _after_than(tokens, mention.start)
             for name, credits in mention.wanted.items():
                 if mention.how == "lexicon" and name in named:
+                    continue
+                if compared and name in self.colours:  # "darker than this purple": purple is where it starts
+                    reading.compared[name] = max(credits, key=credits.__getitem__)
                     continue
                 merged = reading.wanted.setdefault(name, {})
                 for value, credit in credits.items():
@@ -559,8 +574,8 @@ class SemanticReader:
             said = dict(reading.said)
             for direction in reading.relative:
                 for name, sense in self.colours.items():
-                    reference = self._shown_value(turn.shown, name) or next(iter(result.best().get(name, "")
-                                                                               .split(" or ")), None)
+                    reference = reading.compared.get(name) or self._shown_value(turn.shown, name) or next(
+                        iter(result.best().get(name, "").split(" or ")), None)
                     credits = sense.relative(reference, direction) if reference and name not in wanted else {}
                     if credits:
                         wanted[name] = credits
