@@ -10,7 +10,7 @@ import pytest
 from assistant.core.colours import ColourSense, colour_lab, nearest_family
 from assistant.core.dialog import DialogState, Turn
 from assistant.core.messages import format_understood
-from assistant.core.reader import SemanticReader, phrase_bank_scores
+from assistant.core.reader import COMPARED_CREDIT, SemanticReader, phrase_bank_scores
 
 DATA = Path(__file__).parent / "data"
 FPI = json.loads((DATA / "fpi_vocabulary.json").read_text())["vocabulary"]
@@ -98,13 +98,15 @@ def test_darker_and_lighter_move_along_lightness() -> None:
 ])
 def test_a_colour_after_than_is_where_a_relative_move_starts(fpi: SemanticReader, text: str, direction: str,
                                                              start: str) -> None:
-    """The colour compared with is not the one wanted, and a 'shade' of colour is no pair of shades (sunglasses)."""
+    """The colour compared with is where the move starts (itself at half credit), and a 'shade' of colour is no pair
+    of shades (sunglasses)."""
     reading = fpi.read(text)
     assert reading.relative == [direction] and reading.compared == {"baseColour": start}
     assert "baseColour" not in reading.wanted and "articleType" not in reading.wanted
     reader = SemanticReader(FPI, rows=[{"baseColour": "Red", "articleType": "Tshirts"}])
     wanted = reader.understand(DialogState([Turn(None, "a t-shirt"), Turn(0, text)])).wanted["baseColour"]
-    assert start not in wanted and set(wanted) == set(ColourSense(FPI["baseColour"]).relative(start, direction))
+    moved = ColourSense(FPI["baseColour"]).relative(start, direction)
+    assert wanted[start] == COMPARED_CREDIT and set(wanted) == {*moved, start}  # a shade of it still half fits
     assert fpi.read("more red than this").wanted["baseColour"]["Red"] == 1.0  # the colour before 'than' is wanted
     assert fpi.read("cool shades for the beach").wanted["articleType"] == {"Sunglasses": 1.0}
 @pytest.mark.parametrize(("text", "ruled", "kept"), [

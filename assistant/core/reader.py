@@ -47,6 +47,7 @@ CUE_WORDS = frozenset(word for cue in PRE_CUES + POST_CUES for word in cue)
 # "for ..." phrases: tests/test_reader.py).
 OCCASION_CUES = frozenset({"for", "to", "at", "during"})
 LOOKING = frozenset("look looking looked glance see seeing".split())
+COMPARED_CREDIT = 0.5  # the colour after "than" itself: half credit (a darker shade may keep its label)
 THAN_FILLERS = frozenset("this that the these those my your its his her their one".split())
 SLOT_FILLERS = frozenset("a an the my our his her their your some this that these those next upcoming".split())
 OCCASION_KINDS = frozenset({"usage"})
@@ -577,6 +578,8 @@ class SemanticReader:
                     reference = reading.compared.get(name) or self._shown_value(turn.shown, name) or next(
                         iter(result.best().get(name, "").split(" or ")), None)
                     credits = sense.relative(reference, direction) if reference and name not in wanted else {}
+                    if name in reading.compared and name not in wanted:  # a darker purple may be labelled purple
+                        credits[reference] = max(credits.get(reference, 0.0), COMPARED_CREDIT)
                     if credits:
                         wanted[name] = credits
                         said[name] = f"{direction} than {reference.lower()}"
