@@ -89,8 +89,6 @@ def test_darker_and_lighter_move_along_lightness() -> None:
     assert "Navy Blue" in understanding.wanted["baseColour"] and "Blue" not in understanding.wanted["baseColour"]
 
 
-
-
 @pytest.mark.parametrize(("text", "direction", "start"), [
     ("a darker shade than this purple", "darker", "Purple"),
     ("lighter than the grey one please", "lighter", "Grey"),
@@ -109,6 +107,8 @@ def test_a_colour_after_than_is_where_a_relative_move_starts(fpi: SemanticReader
     assert wanted[start] == COMPARED_CREDIT and set(wanted) == {*moved, start}  # a shade of it still half fits
     assert fpi.read("more red than this").wanted["baseColour"]["Red"] == 1.0  # the colour before 'than' is wanted
     assert fpi.read("cool shades for the beach").wanted["articleType"] == {"Sunglasses": 1.0}
+
+
 @pytest.mark.parametrize(("text", "ruled", "kept"), [
     ("not red or pink", {"Red", "Pink"}, set()),
     ("no red, pink or orange, a blue top", {"Red", "Pink", "Orange"}, {"Blue"}),

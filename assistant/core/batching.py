@@ -89,4 +89,3 @@ class BatchingRanker:
         if successor is not None:
             successor.leads = True
             successor.done.set()
-

@@ -577,8 +577,10 @@ class SemanticReader:
                 for name, sense in self.colours.items():
                     reference = reading.compared.get(name) or self._shown_value(turn.shown, name) or next(
                         iter(result.best().get(name, "").split(" or ")), None)
-                    credits = sense.relative(reference, direction) if reference and name not in wanted else {}
-                    if name in reading.compared and name not in wanted:  # a darker purple may be labelled purple
+                    if not reference or name in wanted:
+                        continue
+                    credits = sense.relative(reference, direction)
+                    if name in reading.compared:  # a darker purple may be labelled purple
                         credits[reference] = max(credits.get(reference, 0.0), COMPARED_CREDIT)
                     if credits:
                         wanted[name] = credits
